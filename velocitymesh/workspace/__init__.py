@@ -1,0 +1,1 @@
+"""Documents and state: spec, validation, templating, store, secrets, bus, collaboration."""

@@ -1,0 +1,126 @@
+"""The store: every read and write of workspace state goes through these functions.
+
+Each function takes a SQLAlchemy ``Session`` first and returns frozen domain objects
+(``domain.py``), never ORM rows; callers own the transaction (``session_scope``
+commits or rolls back). SQLite by default, Postgres via psycopg 3; one Alembic history.
+"""
+
+from velocitymesh.workspace.store.cache import cache_get, cache_purge, cache_put
+from velocitymesh.workspace.store.db import (
+    HEAD_REVISION,
+    alembic_config,
+    current_revision,
+    make_engine,
+    make_session_factory,
+    open_store,
+    session_scope,
+    upgrade,
+)
+from velocitymesh.workspace.store.domain import (
+    Run,
+    RunSummary,
+    SecretInfo,
+    StepRun,
+    TokenInfo,
+    User,
+    WorkflowInfo,
+    WorkflowVersion,
+    Workspace,
+)
+from velocitymesh.workspace.store.runs import (
+    create_run,
+    get_run,
+    list_runs,
+    mark_stale_runs_crashed,
+    record_steps,
+    resolve_run_id,
+    set_decision,
+    update_run,
+)
+from velocitymesh.workspace.store.secrets import (
+    delete_secret,
+    get_secret_ciphertexts,
+    list_secret_names,
+    put_secret,
+)
+from velocitymesh.workspace.store.users import (
+    create_token,
+    create_user,
+    get_user,
+    list_tokens,
+    list_users,
+    revoke_token,
+    set_active,
+    set_password,
+    set_role,
+    user_for_token,
+    verify_password,
+)
+from velocitymesh.workspace.store.workflows import (
+    delete_workflow,
+    diff_versions,
+    get_version,
+    get_workflow,
+    list_versions,
+    list_workflows,
+    restore_version,
+    save_workflow,
+)
+from velocitymesh.workspace.store.workspaces import get_or_create_workspace, get_workspace, list_workspaces
+
+__all__ = [
+    "HEAD_REVISION",
+    "Run",
+    "RunSummary",
+    "SecretInfo",
+    "StepRun",
+    "TokenInfo",
+    "User",
+    "WorkflowInfo",
+    "WorkflowVersion",
+    "Workspace",
+    "alembic_config",
+    "cache_get",
+    "cache_purge",
+    "cache_put",
+    "create_run",
+    "create_token",
+    "create_user",
+    "current_revision",
+    "delete_secret",
+    "delete_workflow",
+    "diff_versions",
+    "get_or_create_workspace",
+    "get_run",
+    "get_secret_ciphertexts",
+    "get_user",
+    "get_version",
+    "get_workflow",
+    "get_workspace",
+    "list_runs",
+    "list_secret_names",
+    "list_tokens",
+    "list_users",
+    "list_versions",
+    "list_workflows",
+    "list_workspaces",
+    "make_engine",
+    "make_session_factory",
+    "mark_stale_runs_crashed",
+    "open_store",
+    "put_secret",
+    "record_steps",
+    "resolve_run_id",
+    "restore_version",
+    "revoke_token",
+    "save_workflow",
+    "session_scope",
+    "set_active",
+    "set_decision",
+    "set_password",
+    "set_role",
+    "update_run",
+    "upgrade",
+    "user_for_token",
+    "verify_password",
+]

@@ -1,0 +1,1 @@
+"""Alembic migrations of the store: one history for SQLite and Postgres (see ``db.py``)."""

@@ -1,0 +1,1 @@
+"""Migration scripts, applied in order by ``velocitymesh.workspace.store.db.upgrade``."""
