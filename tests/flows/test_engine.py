@@ -373,3 +373,35 @@ async def test_invalid_spec_is_refused_before_running(engine: Engine) -> None:
               {"id": "b", "kind": "transform", "needs": ["a"], "with": {"value": 1}}])
     with pytest.raises(SpecError):
         await engine.run(bad)
+
+
+async def test_engine_on_postgres_and_redis(settings: Any, pg_url: str, redis_url: str) -> None:
+    """The team set-up: state in Postgres, events over Redis — a second bus (another machine) sees them."""
+    from velocitymesh.settings import Settings
+    from velocitymesh.workspace.bus import RedisBus
+
+    team = Settings(home=settings.home, database_url=pg_url, redis_url=redis_url, env="test")
+    engine = Engine(team)
+    watcher = RedisBus(redis_url)
+    try:
+        async with watcher.subscribe("runs") as sub:
+            res = await engine.run(wf([
+                {"id": "a", "kind": "transform", "with": {"value": [1, 2]}},
+                {"id": "b", "kind": "sql", "needs": ["a"], "with": {"query": "select sum(value) as s from a"}},
+            ]))
+            assert res.status == "succeeded"
+            assert res.outputs["b"]["rows"] == [{"s": 3}]
+            seen = []
+            while (item := await sub.get(timeout=5)) is not None:
+                seen.append(item[1])
+                if item[1]["status"] == "succeeded":
+                    break
+            assert seen[-1]["run_id"] == res.run_id
+        assert engine.result(res.run_id).steps["b"].status == "succeeded"
+    finally:
+        await engine.aclose()
+        await watcher.close()
+        await engine.bus.close()
+        from velocitymesh.workspace.store import make_engine
+
+        make_engine(team).dispose()

@@ -172,10 +172,10 @@ def test_config_validation() -> None:
         py.Config(code="def main(): pass", module="a.b:c")
     with pytest.raises(ValidationError, match="exactly one of"):
         py.Config()
-    with pytest.raises(ValidationError, match="pkg.mod:func"):
+    with pytest.raises(ValidationError, match=r"pkg\.mod:func"):
         py.Config(module="not a module")
     with pytest.raises(ValidationError):
-        py.Config(code="def main(): pass", unknown=1)
+        py.Config(code="def main(): pass", unknown=1)  # type: ignore[call-arg]
 
 
 def test_check_reports_problems_with_paths() -> None:
@@ -191,10 +191,11 @@ def test_check_reports_problems_with_paths() -> None:
 
 
 async def test_inprocess_runs_in_the_engine_process(settings: Settings) -> None:
-    out, _ = await run(settings, code="import os\ndef main():\n    return os.getpid()\n", isolation="inprocess")
+    code = "import os\ndef main():\n    return os.getpid()\n"
+    out, _ = await run(settings, code=code, isolation="inprocess")
     assert out == os.getpid()
     settings.python_isolation = "inprocess"
-    out, _ = await run(settings, code="import os\ndef main():\n    return os.getpid()\n")
+    out, _ = await run(settings, code=code)
     assert out == os.getpid()
 
 

@@ -39,7 +39,8 @@ def _stop_sandboxes() -> Iterator[None]:
 
 @pytest.fixture
 def limited(settings: Settings) -> Settings:
-    return settings.model_copy(update={"python_memory_mb": 256, "python_cpu_seconds": 1, "python_max_procs": 16})
+    limits = {"python_memory_mb": 256, "python_cpu_seconds": 1, "python_max_procs": 16}
+    return settings.model_copy(update=limits)
 
 
 def in_mode(settings: Settings, mode: str) -> Settings:
@@ -96,6 +97,45 @@ async def test_bwrap_mode_gives_namespaces(settings: Settings) -> None:
     assert found["pidns"] and found["proc"] and found["netns"] and found["nproc"]
 
 
+USEFUL = """
+import socket, ssl, os, subprocess
+def main():
+    return {
+        'hosts': os.path.exists('/etc/hosts') and len(open('/etc/hosts').read()) > 0,
+        'resolve': socket.getaddrinfo('localhost', 80)[0][4][1],
+        'ca_certs': ssl.create_default_context().cert_store_stats()['x509_ca'] > 0,
+        'subprocess': subprocess.run(['echo', 'hi'], capture_output=True, text=True).stdout,
+        'tmp': open('/tmp/f', 'w').write('x'),
+    }
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_sandbox_still_gives_a_useful_python(settings: Settings, mode: str) -> None:
+    out = await run(in_mode(settings, mode), USEFUL)
+    assert out == {"hosts": True, "resolve": 80, "ca_certs": True, "subprocess": "hi\n", "tmp": 1}
+
+
+WRITES = """
+def main(paths):
+    out = {}
+    for path in paths:
+        try:
+            open(path, 'w').close()
+            out[path] = 'written'
+        except OSError as e:
+            out[path] = type(e).__name__
+    return out
+"""
+
+
+async def test_bwrap_filesystem_is_read_only(settings: Settings) -> None:
+    if not BWRAP_OK:
+        pytest.skip("bubblewrap is not usable")
+    out = await run(settings, WRITES, args={"paths": ["/usr/x", "/etc/x", sandbox.PACKAGE_DIR + "/x"]})
+    assert "written" not in out.values()
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("code", [
     "def main():\n    x = ' ' * 10**11\n    return len(x)\n",
@@ -139,7 +179,7 @@ async def test_hang_is_killed_with_everything_it_started(settings: Settings, mod
                       timeout=1.5 if who == "step" else None)
     started = time.monotonic()
     if who == "step":  # the step's own timeout
-        with pytest.raises(StepTimeout, match="did not finish within its timeout of 1.5 s"):
+        with pytest.raises(StepTimeout, match=r"did not finish within its timeout of 1\.5 s"):
             await py.run(py.Config(code=HANG), ctx)
     else:  # the engine's timeout cancels the task running the step
         with pytest.raises(TimeoutError):
@@ -317,7 +357,9 @@ async def test_overhead_is_milliseconds(settings: Settings, mode: str) -> None:
     assert statistics.median(times) < 0.1
 
 
-async def test_errors_do_not_leak_the_host_environment(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_errors_do_not_leak_the_host_environment(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("VM_TEST_CANARY", "canary-11d2")
     with pytest.raises(StepError) as e:
         await run(settings, "import os\ndef main():\n    raise RuntimeError(repr(dict(os.environ)))\n")

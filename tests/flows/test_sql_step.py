@@ -17,10 +17,10 @@ import pytest
 from pydantic import ValidationError
 
 from velocitymesh.errors import BlockedError, StepCancelled, StepError, StepTimeout
-from velocitymesh.workspace import duckdb_sandbox as sandbox
 from velocitymesh.flows.steps import sql
 from velocitymesh.flows.steps.base import StepContext, StepLogger
 from velocitymesh.settings import Settings
+from velocitymesh.workspace import duckdb_sandbox as sandbox
 
 SECRET_KEY_TEXT = "TOPSECRET-key-material"
 LONG_QUERY = "select count(*) from range(1000000000000) a"

@@ -85,7 +85,12 @@ steps:
     )
     assert wf.trigger.is_manual
     assert {k: v.type for k, v in wf.inputs.items()} == {
-        "count": "integer", "name": "string", "ratio": "number", "flag": "boolean", "ids": "array", "cfg": "object"
+        "count": "integer",
+        "name": "string",
+        "ratio": "number",
+        "flag": "boolean",
+        "ids": "array",
+        "cfg": "object",
     }
     a, b = wf.steps
     assert a.needs == ["b"] and a.retries.count == 3 and a.cache is not None and a.cache.enabled
@@ -96,22 +101,39 @@ steps:
 
 def test_yaml_12_scalars_mean_what_they_look_like() -> None:
     data = load_data(
-        "a: yes\nb: on\nc: 2024-01-01\nd: 1:30\ne: 1e3\nf: 0o17\ng: 0x1F\nh: 012\ni: x\nj: ~\nk: True\nl: '5'\n"
-        "m: 1_000\n"
+        "a: yes\nb: on\nc: 2024-01-01\nd: 1:30\ne: 1e3\nf: 0o17\ng: 0x1F\n"
+        "h: 012\ni: x\nj: ~\nk: True\nl: '5'\nm: 1_000\n"
     )
     assert data == {
-        "a": "yes", "b": "on", "c": "2024-01-01", "d": "1:30", "e": 1000.0, "f": 15, "g": 31, "h": 12,
-        "i": "x", "j": None, "k": True, "l": "5", "m": "1_000",
+        "a": "yes",
+        "b": "on",
+        "c": "2024-01-01",
+        "d": "1:30",
+        "e": 1000.0,
+        "f": 15,
+        "g": 31,
+        "h": 12,
+        "i": "x",
+        "j": None,
+        "k": True,
+        "l": "5",
+        "m": "1_000",
     }
 
 
 def test_json_text_is_accepted() -> None:
-    wf = load_workflow_text(json.dumps({"name": "j", "steps": [{"id": "a", "kind": "x", "with": {"n": 1e3}}]}))
+    wf = load_workflow_text(
+        json.dumps({"name": "j", "steps": [{"id": "a", "kind": "x", "with": {"n": 1e3}}]})
+    )
     assert wf.steps[0].with_ == {"n": 1000.0}
 
 
 def test_yaml_extras_become_plain_data() -> None:
-    assert load_data("a: &x {k: 1}\nb: *x\nc: {<<: *x, j: 2}") == {"a": {"k": 1}, "b": {"k": 1}, "c": {"k": 1, "j": 2}}
+    assert load_data("a: &x {k: 1}\nb: *x\nc: {<<: *x, j: 2}") == {
+        "a": {"k": 1},
+        "b": {"k": 1},
+        "c": {"k": 1, "j": 2},
+    }
     assert load_data("t: !!timestamp 2024-01-01T10:00:00Z") == {"t": "2024-01-01T10:00:00+00:00"}
     assert load_data("s: !!set {b, a}") == {"s": ["a", "b"]}
     assert load_data("{1: a, null: b, 2.5: c}") == {"1": "a", "null": "b", "2.5": "c"}
@@ -178,8 +200,17 @@ steps:
     )
     paths = {p.split("|")[0] for p in problems}
     assert paths == {
-        "name", "trigger.schedule.cron", "trigger.schedule.crn", "inputs.n.type", "steps[1].retries.count",
-        "steps[2].id", "steps[2].with", "steps[2].wth", "steps[2].map.as", "steps[3]", "steps[4].id",
+        "name",
+        "trigger.schedule.cron",
+        "trigger.schedule.crn",
+        "inputs.n.type",
+        "steps[1].retries.count",
+        "steps[2].id",
+        "steps[2].with",
+        "steps[2].wth",
+        "steps[2].map.as",
+        "steps[3]",
+        "steps[4].id",
     }
     by_path = {p.split("|")[0]: p for p in problems}
     assert "did you mean 'with'?" in by_path["steps[2].wth"]
@@ -209,7 +240,7 @@ def test_load_workflow_file(tmp_path: Path) -> None:
         load_workflow_file(tmp_path)
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(b"name: a\ndescription: caf\xe9\n")
-    with pytest.raises(SpecError, match="not UTF-8 text .*line 2"):
+    with pytest.raises(SpecError, match=r"not UTF-8 text .*line 2"):
         load_workflow_file(latin)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: a\nsteps: [", encoding="utf-8")
@@ -235,12 +266,34 @@ def test_dump_keeps_unicode_and_quotes_what_would_read_back_differently() -> Non
         {
             "name": "u",
             "description": "café ✓ 日本",
-            "steps": [{"id": "a", "kind": "x", "with": {
-                "yes": "yes", "on": "on", "num": "1e3", "date": "2024-01-01", "null": "null", "octal": "0o17",
-                "true": "True", "empty": "", "spaces": "  lead", "trail": "x\n\n", "tab": "a\tb", "crlf": "a\r\nb",
-                "colon": "a: b", "hash": "# x", "tmpl": "{{ x }}", "multi": "line 1\n  line 2\n",
-                "nel": "a\x85b", "ls": "a\u2028b\nc", "bom": "\ufeffx", "ctrl": "\x00\x07\x1b",
-            }}],
+            "steps": [
+                {
+                    "id": "a",
+                    "kind": "x",
+                    "with": {
+                        "yes": "yes",
+                        "on": "on",
+                        "num": "1e3",
+                        "date": "2024-01-01",
+                        "null": "null",
+                        "octal": "0o17",
+                        "true": "True",
+                        "empty": "",
+                        "spaces": "  lead",
+                        "trail": "x\n\n",
+                        "tab": "a\tb",
+                        "crlf": "a\r\nb",
+                        "colon": "a: b",
+                        "hash": "# x",
+                        "tmpl": "{{ x }}",
+                        "multi": "line 1\n  line 2\n",
+                        "nel": "a\x85b",
+                        "ls": "a\u2028b\nc",
+                        "bom": "\ufeffx",
+                        "ctrl": "\x00\x07\x1b",
+                    },
+                }
+            ],
         }
     )
     text = dump_workflow(wf)
@@ -259,7 +312,10 @@ slug = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True)
 ident = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True)
 scalars = (
     # Not inf/NaN: JSON cannot hold them (the loader refuses them, to_data() writes null).
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=30)
 )
 json_data = st.recursive(
@@ -275,13 +331,18 @@ steps = st.lists(
             "needs": st.lists(ident, max_size=3) | ident,
             "when": st.text(max_size=20),
             # map.over is a list or a template string (a mapping would not survive the short form).
-            "map": st.text(max_size=20) | st.lists(json_data, max_size=3)
-            | st.fixed_dictionaries({"over": st.text(max_size=10)}, optional={"concurrency": st.integers(1, 50)}),
+            "map": st.text(max_size=20)
+            | st.lists(json_data, max_size=3)
+            | st.fixed_dictionaries(
+                {"over": st.text(max_size=10)}, optional={"concurrency": st.integers(1, 50)}
+            ),
             "retries": st.integers(0, 100)
             | st.fixed_dictionaries({}, optional={"count": st.integers(0, 5), "backoff": st.floats(0, 10)}),
             "timeout": st.floats(0.001, 1e6),
             "cache": st.booleans() | st.fixed_dictionaries({"ttl": st.floats(1, 100)}),
-            "budget": st.fixed_dictionaries({}, optional={"usd": st.floats(0, 10), "tokens": st.integers(0, 10**6)}),
+            "budget": st.fixed_dictionaries(
+                {}, optional={"usd": st.floats(0, 10), "tokens": st.integers(0, 10**6)}
+            ),
             "on_error": st.sampled_from(["fail", "continue"]) | ident,
             "description": st.text(max_size=40),
         },
@@ -323,8 +384,41 @@ def test_any_text_gives_a_workflow_or_a_spec_error(text: str) -> None:
 
 
 yamlish = st.lists(
-    st.sampled_from(["name", ":", " ", "\n", "  ", "- ", "steps", "id", "kind", "with", "{", "}", "[", "]", ",",
-                     "'", '"', "&a", "*a", "!!", "{{", "}}", "a", "1", "x", "#", "|", ">", "needs", "?", "\t"]),
+    st.sampled_from(
+        [
+            "name",
+            ":",
+            " ",
+            "\n",
+            "  ",
+            "- ",
+            "steps",
+            "id",
+            "kind",
+            "with",
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            "'",
+            '"',
+            "&a",
+            "*a",
+            "!!",
+            "{{",
+            "}}",
+            "a",
+            "1",
+            "x",
+            "#",
+            "|",
+            ">",
+            "needs",
+            "?",
+            "\t",
+        ]
+    ),
     max_size=40,
 ).map("".join)
 
@@ -339,7 +433,9 @@ def test_yaml_like_text_gives_a_workflow_or_a_spec_error(text: str) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(json_data | workflows | st.fixed_dictionaries({"name": slug, "steps": st.lists(json_data, max_size=3)}))
+@given(
+    json_data | workflows | st.fixed_dictionaries({"name": slug, "steps": st.lists(json_data, max_size=3)})
+)
 def test_any_json_gives_a_workflow_or_a_spec_error(data: Any) -> None:
     try:
         load_workflow_text(json.dumps(data))

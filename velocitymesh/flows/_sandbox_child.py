@@ -23,6 +23,7 @@ data (rendered secrets included) in the memory it inherits from the zygote.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import importlib
 import inspect
@@ -238,13 +239,15 @@ def recv_frame(sock: Any, max_fds: int = 0) -> tuple[dict[str, Any] | None, list
 CLONE_NEWNS, CLONE_NEWIPC = 0x00020000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-PREIMPORT = (
-    "json asyncio base64 bisect collections contextlib copy csv dataclasses datetime decimal difflib "
-    "enum fnmatch fractions functools glob gzip hashlib heapq hmac html io itertools logging math "
-    "operator pathlib pprint random re secrets shutil statistics string subprocess tempfile textwrap "
-    "time typing unicodedata urllib.parse uuid zlib zoneinfo fcntl resource select selectors signal"
-).split()
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+PREIMPORT = [
+    "json", "asyncio", "base64", "bisect", "collections", "contextlib", "copy", "csv", "dataclasses",
+    "datetime", "decimal", "difflib", "enum", "fnmatch", "fractions", "functools", "glob", "gzip", "hashlib",
+    "heapq", "hmac", "html", "io", "itertools", "logging", "math", "operator", "pathlib", "pprint", "random",
+    "re", "secrets", "shutil", "statistics", "string", "subprocess", "tempfile", "textwrap", "time", "typing",
+    "unicodedata", "urllib.parse", "uuid", "zlib", "zoneinfo", "fcntl", "resource", "select", "selectors",
+    "signal",
+]
 
 
 class _Sys:
@@ -273,7 +276,8 @@ class _Sys:
     def setns(self, fd: int, nstype: int) -> None:
         self._check(self.libc.setns(fd, nstype), "setns")
 
-    def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None,
+              ) -> None:
         c = self.ctypes
 
         def enc(s: str | None) -> Any:
@@ -298,7 +302,8 @@ class _Sys:
         """Enter a new user namespace (plus ``extra`` namespaces) keeping our uid and gid."""
         uid, gid = os.geteuid(), os.getegid()
         self.unshare(CLONE_NEWUSER | extra)
-        for path, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        maps = (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1"))
+        for path, text in maps:
             fd = os.open(f"/proc/self/{path}", os.O_WRONLY)
             try:
                 os.write(fd, text.encode())
@@ -327,10 +332,8 @@ def _isolate(sysc: _Sys, features: dict[str, Any], network: bool, tmp_mb: int, k
         sysc.mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing propagates back out
         held = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in keep]
         for target in ("/tmp", "/dev/shm"):
-            try:
+            with contextlib.suppress(OSError):
                 sysc.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777")
-            except OSError:
-                pass
         for path, fd in held:  # recursive: a tmpfs hiding VM_HOME inside it comes along
             os.makedirs(path, exist_ok=True)
             sysc.mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
@@ -358,10 +361,8 @@ def _set_limits(req: dict[str, Any], features: dict[str, Any]) -> None:
     import resource
 
     def limit(which: int, value: int) -> None:
-        try:
+        with contextlib.suppress(ValueError, OSError):  # e.g. RLIMIT_AS on macOS
             resource.setrlimit(which, (value, value))
-        except (ValueError, OSError):  # e.g. RLIMIT_AS on macOS
-            pass
 
     limit(resource.RLIMIT_AS, req["memory_mb"] * 2**20)
     # soft == hard: the kernel sends SIGKILL at the limit, which also stops the pid 1 of a
@@ -398,7 +399,14 @@ def _run_child(sysc: _Sys, fds: list[int], slot: int, features: dict[str, Any], 
     import select
     import signal
 
-    code = 70
+    code, result_fd = 70, 4
+
+    def fail(kind: str, message: str) -> None:
+        doc = {"ok": False, "error": {"kind": kind, "type": "OSError", "message": message}}
+        with contextlib.suppress(OSError):
+            os.write(result_fd, json.dumps(doc).encode())
+        os._exit(0)
+
     try:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGUSR1):
@@ -411,38 +419,38 @@ def _run_child(sysc: _Sys, fds: list[int], slot: int, features: dict[str, Any], 
         size = os.fstat(3).st_size
         req = json.loads(os.pread(3, size, 0))
         os.close(3)
+        network = bool(req.get("network", True))
         try:
-            _isolate(sysc, features, bool(req.get("network", True)), int(req["memory_mb"]), keep)
+            _isolate(sysc, features, network, int(req["memory_mb"]), keep)
+            _drop_privileges(sysc, features, slot)
+            sysc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the credential change, which clears it
+            if select.select([7], [], [], 0)[0]:  # the zygote died before that
+                os._exit(code)
+            os.close(7)
+            _set_limits(req, features)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            for src, dst in ((devnull, 0), (5, 1), (6, 2), (4, 3)):
+                os.dup2(src, dst)
+            result_fd = 3
+            os.closerange(4, 1 << 16)
+            os.chdir("/tmp" if os.path.isdir("/tmp") else "/")
         except OSError as e:
-            doc = {"ok": False, "error": {"kind": "isolation", "type": "OSError", "message": e.strerror or str(e)}}
-            os.write(4, json.dumps(doc).encode())
-            os._exit(0)
-        _drop_privileges(sysc, features, slot)
-        sysc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the credential change, which clears it
-        if select.select([7], [], [], 0)[0]:  # the zygote died before that
-            os._exit(code)
-        os.close(7)
-        _set_limits(req, features)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        for src, dst in ((devnull, 0), (5, 1), (6, 2), (4, 3)):
-            os.dup2(src, dst)
-        os.closerange(4, 1 << 16)
-        os.chdir("/tmp" if os.path.isdir("/tmp") else "/")
+            if e.errno == errno.EPERM and not network and not features["netns"]:
+                fail("isolation", e.strerror or str(e))
+            fail("sandbox", str(e))
         me = os.getpid()
         result = run_request(req, _near_process_limit(req, features))
         if os.getpid() != me:  # a process the user forked returned through here
             os._exit(0)
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(Exception):
                 stream.flush()
-            except Exception:
-                pass
         view = memoryview(result)
         while view:
             view = view[os.write(3, view):]
         code = 0
-    except BaseException:
-        traceback.print_exc()
+    except BaseException as e:  # never a sandbox traceback in the step's own output
+        fail("sandbox", f"{type(e).__name__}: {e}")
     finally:
         os._exit(code)
 
@@ -495,13 +503,13 @@ def _probe(sysc: _Sys, pidns_fd: int, keep: list[str]) -> dict[str, Any]:
                         found["userns"] = True
                 except OSError:
                     pass
-                os.write(w, json.dumps(found).encode())
+                os.write(w, json.dumps(found).encode() + b"\n")
                 os._exit(0)
+            os.waitpid(child, 0)  # its line comes first
             sysc.setns(pidns_fd, CLONE_NEWPID)
             sysc.unshare(CLONE_NEWPID)  # the zygote does this once per step: it must repeat
-            os.waitpid(child, 0)
         except OSError:
-            os.write(w, b'{"pidns": false}')
+            os.write(w, b'{"pidns": false}\n')
         os._exit(0)
     os.close(w)
     data = b""
@@ -509,8 +517,8 @@ def _probe(sysc: _Sys, pidns_fd: int, keep: list[str]) -> dict[str, Any]:
         data += chunk
     os.close(r)
     os.waitpid(probe, 0)
-    found = json.loads(b"{" + data.strip(b"{}").replace(b"}{", b",") + b"}") if data else {}
-    features.update(found)
+    for line in data.splitlines():
+        features.update(json.loads(line))
     if not features["pidns"]:
         features.update(proc=False, netns=False, drop_uid=False, userns=False)
     # RLIMIT_NPROC never applies to host root and, outside a user namespace of the step's
@@ -553,19 +561,18 @@ class Zygote:
         if self.sysc.linux and os.geteuid() != 0:
             self._own_namespaces()
         for name in PREIMPORT:
-            try:
+            with contextlib.suppress(Exception):
                 importlib.import_module(name)
-            except Exception:
-                pass
         # created once: a step child only moves its pipes onto descriptors 1 and 2
         sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
         if self.sysc.linux:
-            try:
+            with contextlib.suppress(OSError):
                 self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY)
-            except OSError:
-                pass
         self.features = _probe(self.sysc, self.pidns_fd, self.tmp_roots)
+        if not self.features["pidns"] and self.sysc.linux:
+            # no PID namespaces: what a step leaves behind (double-forked, setsid) comes to us
+            self.sysc.prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.lifeline = os.pipe()
         gc.collect()
         gc.freeze()  # forked children do not copy pages just to run the GC over old objects
@@ -616,8 +623,12 @@ class Zygote:
 
     def handle(self, message: dict[str, Any], fds: list[int]) -> None:
         try:
-            if message.get("op") == "run" and len(fds) == 4:
-                self.spawn(message["id"], fds)
+            if message.get("op") == "run":
+                if len(fds) == 4:
+                    self.spawn(message["id"], fds)
+                else:
+                    self.send({"event": "done", "id": message.get("id"),
+                               "error": "a request came without its files"})
             elif message.get("op") == "kill":
                 for pid, (rid, _) in self.running.items():
                     if rid == message["id"]:
@@ -641,8 +652,7 @@ class Zygote:
                 if pidns:
                     self.sysc.setns(self.pidns_fd, CLONE_NEWPID)  # so that the next unshare works
         except OSError as e:
-            self.send({"event": "done", "id": rid, "exit": None, "signal": None, "cpu": 0.0,
-                       "error": f"could not start the step's process: {e}"})
+            self.send({"event": "done", "id": rid, "error": f"could not start the step's process: {e}"})
             return
         self.running[pid] = (rid, slot)
 
@@ -650,10 +660,8 @@ class Zygote:
         import signal
 
         for kill in (os.kill, os.killpg):  # with a PID namespace, the kernel kills the rest
-            try:
+            with contextlib.suppress(OSError):
                 kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
 
     def reap(self) -> None:
         import signal
@@ -665,14 +673,16 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            if pid not in self.running:
+            if pid not in self.running:  # an adopted leftover
+                if not self.running and not self.features["pidns"]:
+                    self.kill_adopted()  # its own children were just adopted in turn
                 continue
             rid, _ = self.running.pop(pid)
-            if not self.features["pidns"]:
-                try:  # what the step started and left behind in its process group
+            if not self.features["pidns"]:  # what the step left behind in its process group
+                with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+                if not self.running:
+                    self.kill_adopted()
             exit_code = os.waitstatus_to_exitcode(status)
             self.send({
                 "event": "done", "id": rid,
@@ -680,6 +690,19 @@ class Zygote:
                 "signal": -exit_code if exit_code < 0 else None,
                 "cpu": usage.ru_utime + usage.ru_stime,
             })
+
+    def kill_adopted(self) -> None:
+        """Without PID namespaces: kill every process we adopted. Called only while no step
+        runs, so each of them is something a finished step left behind."""
+
+        try:
+            tasks = os.listdir("/proc/self/task")
+        except OSError:
+            return
+        for tid in tasks:
+            with contextlib.suppress(OSError, ValueError), open(f"/proc/self/task/{tid}/children") as f:
+                for pid in f.read().split():
+                    self.kill(int(pid))
 
     def stop(self) -> None:
         import time

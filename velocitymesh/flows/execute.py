@@ -11,11 +11,18 @@ import dataclasses
 import hashlib
 import json
 import logging
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_exponential_jitter,
+)
 
 from velocitymesh.errors import (
     StepCancelled,
@@ -77,46 +84,50 @@ def cache_key(step: Step, rendered: Any, upstream: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _delay(step: Step, attempt: int) -> float:
-    r = step.retries
-    base = min(r.max_delay, r.backoff * 2 ** (attempt - 1))
-    # "Equal jitter": half fixed, half random, so retries of many runs spread out.
-    return base / 2 + random.uniform(0, base / 2) if r.jitter else base
-
-
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, StepError):
         return exc.retryable
-    if isinstance(exc, (UsageError, TemplateError)):
-        return False
-    return True  # an unexpected exception in a step is worth another try
+    # a usage error will fail the same way again; an unexpected exception in a step is worth another try
+    return not isinstance(exc, (UsageError, TemplateError))
+
+
+def _wait(step: Step) -> Any:
+    r = step.retries
+    if r.jitter:
+        # exponential from `backoff`, plus up to one `backoff` of random jitter so many runs spread out
+        return wait_exponential_jitter(multiplier=r.backoff, max=r.max_delay, jitter=r.backoff)
+    return wait_exponential(multiplier=r.backoff, max=r.max_delay)
 
 
 async def _attempts(kind: StepKind, step: Step, config: Any, ctx: StepContext, timeout: float) -> StepResult:
-    """Run one item with retries and the timeout, counting attempts in ctx.attempt."""
-    attempt = 0
-    while True:
-        attempt += 1
-        ctx.attempt = attempt
-        ctx.check_cancelled()
-        try:
-            async with asyncio.timeout(timeout):
-                return await kind.run(config, ctx)
-        except TimeoutError as e:
-            exc: BaseException = StepTimeout(
-                f"step {step.id!r} did not finish within {timeout:g} s",
-                hint="raise the step's `timeout` or make it do less",
-            )
-            exc.__cause__ = e
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            exc = e
-        if attempt > step.retries.count or not _retryable(exc) or ctx.cancel.is_set():
-            raise exc
-        delay = _delay(step, attempt)
-        ctx.logger.warning(f"attempt {attempt} failed ({type(exc).__name__}: {exc}); retrying in {delay:.2f} s")
-        await asyncio.sleep(delay)
+    """Run one item with retries (tenacity) and the per-attempt timeout, counting attempts in ctx.attempt."""
+
+    def log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0
+        ctx.logger.warning(f"attempt {state.attempt_number} failed ({type(exc).__name__}: {exc}); "
+                           f"retrying in {delay:.2f} s")
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(step.retries.count + 1),
+        wait=_wait(step),
+        retry=retry_if_exception(lambda e: _retryable(e) and not ctx.cancel.is_set()),
+        before_sleep=log_retry,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            ctx.attempt = attempt.retry_state.attempt_number
+            ctx.check_cancelled()
+            try:
+                async with asyncio.timeout(timeout):
+                    return await kind.run(config, ctx)
+            except TimeoutError as e:
+                raise StepTimeout(
+                    f"step {step.id!r} did not finish within {timeout:g} s",
+                    hint="raise the step's `timeout` or make it do less",
+                ) from e
+    raise AssertionError("unreachable: tenacity either returns or re-raises")
 
 
 async def execute_step(
@@ -137,8 +148,8 @@ async def execute_step(
     try:
         kind = get_kind(step.kind)
     except KeyError:
-        exc = UsageError(f"unknown step kind {step.kind!r}", hint="run `velocitymesh validate` on the workflow")
-        outcome.error, outcome.exception = error_record(exc), exc
+        unknown = UsageError(f"unknown step kind {step.kind!r}", hint="run `velocitymesh validate` on the workflow")
+        outcome.error, outcome.exception = error_record(unknown), unknown
         return outcome
     timeout = step.timeout or default_timeout
     ctx.timeout = timeout
@@ -185,7 +196,7 @@ async def execute_step(
         outcome.status = "cancelled"
         outcome.error = error_record(StepCancelled("the run was cancelled"))
     except* BaseException as group:
-        exc = _first(group)
+        exc: BaseException = _first(group)
         if isinstance(exc, StepCancelled):
             outcome.status = "cancelled"
         outcome.error, outcome.exception = error_record(exc), exc

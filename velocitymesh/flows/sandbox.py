@@ -136,9 +136,11 @@ def isolation_mode(settings: Settings) -> Mode:
     problem = bwrap_problem(find_bwrap())
     if problem is None:
         return "bwrap"
-    fix = "install it (apt-get install bubblewrap) or set VM_PYTHON_ISOLATION=process to accept weaker isolation"
+    fix = "install it (apt-get install bubblewrap) or set VM_PYTHON_ISOLATION=process to accept weaker " \
+        "isolation"
     if wanted == "bwrap":
-        raise ConfigurationError(f"VM_PYTHON_ISOLATION=bwrap, but bubblewrap is not usable: {problem}", hint=fix)
+        raise ConfigurationError(f"VM_PYTHON_ISOLATION=bwrap, but bubblewrap is not usable: {problem}",
+                                 hint=fix)
     if settings.env == "production":
         raise ConfigurationError(
             f"python steps must run in the bubblewrap sandbox in production, but it is not usable: {problem}",
@@ -187,10 +189,11 @@ class _Plan:
                 args += ["--symlink", os.readlink(d), d]
             elif os.path.isdir(d):
                 args += ["--ro-bind", d, d]
+        # bwrap makes the directories it needs 0700, which would lock the step's unprivileged
+        # uid out of /etc and of a Python installed below them: make them 0755 first
+        args += ["--perms", "0755", "--dir", "/etc"]
         for name in ETC_ENTRIES:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        # bwrap copies the mode of the host's parent directories (/root is 0700), which would
-        # lock the step's unprivileged uid out of a Python installed below them
         made: list[str] = []
         for bind in self.binds:
             for parent in reversed(Path(bind).parents):
@@ -210,7 +213,13 @@ class _Plan:
 
 @functools.lru_cache(maxsize=32)
 def _make_plan(mode: Mode, bwrap: str | None, sys_path: tuple[str, ...], cwd: str, home: str) -> _Plan:
-    path = tuple(os.path.join(cwd, p) if not os.path.isabs(p) else p for p in sys_path)
+    # '' and relative entries mean the engine's working directory; other strings (path hooks
+    # of editable installs, for one) pass through unchanged
+    path = tuple(
+        os.path.normpath(os.path.join(cwd, p))
+        if p == "" or (not os.path.isabs(p) and os.path.isdir(os.path.join(cwd, p))) else p
+        for p in sys_path
+    )
     if mode == "process":
         return _Plan(mode, os.geteuid() == 0, None, path)
     wanted = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, PACKAGE_DIR,
@@ -362,7 +371,7 @@ class _Zygote:
         self._ready = threading.Event()
         self._error: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (the zygote's stderr, for its lifetime)
         self._thread = threading.Thread(target=self._serve, name="velocitymesh-python-sandbox", daemon=True)
         self._thread.start()
 
@@ -389,7 +398,7 @@ class _Zygote:
                     "python steps run as an unprivileged user and cannot read these sys.path entries: %s "
                     "(make them world-readable to import from them)", ", ".join(self.features["unreadable"]),
                 )
-        except OSError as e:
+        except (OSError, ValueError, KeyError) as e:
             self._error = str(e)
             self.dead = True
             self._ready.set()
@@ -468,6 +477,10 @@ class _Zygote:
         self, payload: bytes, *, timeout: float | None, cancel: asyncio.Event | None,
         on_output: Callable[[str, str], None],
     ) -> SandboxOutcome:
+        if self.dead:
+            err = SandboxError("the python sandbox stopped unexpectedly; run the step again")
+            err.retryable = True
+            raise err
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
         done: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -482,7 +495,6 @@ class _Zygote:
             finally:
                 os.close(request)
                 pipes.close_child_ends()
-            T0=time.perf_counter()
             how = await _wait(done, timeout, cancel)
             if how != "done":
                 self.kill(rid)
@@ -496,9 +508,10 @@ class _Zygote:
                     hint="raise the step's `timeout:` or make it faster",
                 )
             message = done.result()
-            global ZT; ZT.append((message.get("zt"), time.perf_counter()-T0))
-            if message.get("event") == "dead":
-                err = SandboxError("the python sandbox stopped unexpectedly while the step ran")
+            if message.get("event") == "dead" or message.get("error"):
+                reason = message.get("error")
+                err = SandboxError(f"the python sandbox could not run the step: {reason}" if reason
+                                   else "the python sandbox stopped unexpectedly while the step ran")
                 err.retryable = True
                 raise err
             await pipes.drain(DRAIN_GRACE)
@@ -547,7 +560,6 @@ async def _wait(done: asyncio.Future[Any], timeout: float | None, cancel: asynci
     return "cancel" if cancelled is not None and cancelled in finished else "timeout"
 
 
-ZT=[]
 _zygotes: dict[_Plan, _Zygote] = {}
 _zygotes_lock = threading.Lock()
 

@@ -179,7 +179,8 @@ def problem_from_error(
     if kind == "literal_error":
         return Problem(path, f"{msg}, not {short_repr(value)}", "use one of the values listed")
     if kind in ("value_error", "assertion_error"):
-        text = msg.split(", ", 1)[1] if msg.lower().startswith(("value error, ", "assertion failed, ")) else msg
+        prefixed = msg.lower().startswith(("value error, ", "assertion failed, "))
+        text = msg.split(", ", 1)[1] if prefixed else msg
         return Problem(path, text, "")
     hint = msg[0].lower() + msg[1:] if msg else ""
     hint = "it s" + hint[len("input s") :] if hint.startswith("input should") else hint

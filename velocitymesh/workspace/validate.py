@@ -58,7 +58,13 @@ class _Doc:
     n_steps: int
     inputs: dict[str, InputSpec | None]  # every declared input; None when its spec is malformed
     trigger: Trigger | None
-    needs: dict[str, set[str]] = field(default_factory=dict)
+    needs: dict[str, set[str]] = field(init=False)  # id → the known ids it needs (duplicates merged)
+
+    def __post_init__(self) -> None:
+        self.needs = {}
+        for _, step in self.steps:
+            known = self.needs.setdefault(step.id, set())
+            known.update(n for n in step.needs if n in self.ids and n != step.id)
 
     @classmethod
     def of(cls, wf: Workflow) -> _Doc:
@@ -139,7 +145,6 @@ def _check_ids_and_needs(doc: _Doc) -> Iterator[Problem]:
             )
         first.setdefault(step.id, i)
     for i, step in doc.steps:
-        known = doc.needs.setdefault(step.id, set())
         for j, need in enumerate(step.needs):
             if need == step.id:
                 yield Problem(
@@ -149,8 +154,6 @@ def _check_ids_and_needs(doc: _Doc) -> Iterator[Problem]:
                 yield Problem(
                     _step_path(i, "needs", j), f"needs an unknown step '{need}'", _ids_hint(need, doc.ids)
                 )
-            else:
-                known.add(need)
 
 
 def _cycles(graph: Mapping[str, set[str]], order: Mapping[str, int]) -> list[list[str]]:
@@ -169,7 +172,7 @@ def _cycles(graph: Mapping[str, set[str]], order: Mapping[str, int]) -> list[lis
                 state[path.pop()] = 2
                 stack.pop()
                 continue
-            if nxt not in graph or nxt == path[-1]:
+            if nxt not in graph:
                 continue
             if state.get(nxt) == 1:
                 cycle = path[path.index(nxt) :]
@@ -279,7 +282,7 @@ def _check_reference(
         if sid not in doc.ids:
             return Problem(path, f"there is no step '{sid}'", _ids_hint(sid, doc.ids))
         if sid not in upstream.of(step.id):
-            needs = ", ".join([*step.needs, sid])
+            needs = ", ".join([*(n for n in step.needs if n in doc.ids), sid])
             return Problem(
                 path,
                 f"step '{step.id}' reads steps.{sid} but does not need it, so it may run before '{sid}'",
@@ -318,7 +321,12 @@ def _check_reference(
 
 
 def _check_templates(doc: _Doc, used_inputs: set[str]) -> Iterator[Problem]:
-    upstream = _Upstream(doc.needs)
+    # An error handler (another step's on_error) runs after that step and may read it.
+    readable = {sid: set(needs) for sid, needs in doc.needs.items()}
+    for _, step in doc.steps:
+        if step.on_error in doc.ids and step.on_error != step.id:
+            readable.setdefault(step.on_error, set()).add(step.id)
+    upstream = _Upstream(readable)
     for i, step in doc.steps:
         if step.map is not None:
             over = step.map.over
@@ -338,6 +346,7 @@ def _check_templates(doc: _Doc, used_inputs: set[str]) -> Iterator[Problem]:
             step.when is not None
             and templating.is_template(step.when)
             and not templating.is_expression(step.when)
+            and not templating.template_errors(step.when)
         ):
             yield Problem(
                 _step_path(i, "when"),
@@ -350,7 +359,11 @@ def _check_templates(doc: _Doc, used_inputs: set[str]) -> Iterator[Problem]:
             for sub, source in templating.iter_templates(value):
                 path = join_path(base, sub)
                 for _, message in templating.template_errors(source):
-                    hint = "" if message.startswith("unknown") else "check that every {{ has its }} and {% its %}"
+                    hint = (
+                        ""
+                        if message.startswith("unknown")
+                        else "check that every {{ has its }} and {% its %}"
+                    )
                     yield Problem(path, message, hint)
                 for ref in sorted(templating.references(source)):
                     if ref[0] == "inputs":
@@ -427,8 +440,8 @@ def _check_trigger(doc: _Doc) -> Iterator[Problem]:
 def _check_inputs(doc: _Doc, used: set[str]) -> Iterator[Problem]:
     if "*" in used:
         return
-    for name in doc.inputs:
-        if name not in used:
+    for name, spec in doc.inputs.items():
+        if name not in used and spec is not None:  # a malformed input has its own problem already
             yield Problem(
                 format_path(("inputs", name)),
                 f"input '{name}' is never used",

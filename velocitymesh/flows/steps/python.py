@@ -1,4 +1,4 @@
-"""The ``python`` step: call ``main(**args)`` — given as code or ``pkg.mod:func`` — and output its return value.
+"""The ``python`` step: call ``main(**args)``, given as code or ``pkg.mod:func``; output its return value.
 
 By default the function runs in a fresh child forked from a warm sandboxed zygote
 (``flows/sandbox.py``): no access to the server's environment, other processes or the
@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextvars
-import io
 import itertools
 import json
 import re
@@ -30,7 +29,7 @@ from velocitymesh.flows._sandbox_child import call_function, describe_exception,
 from velocitymesh.flows.steps.base import StepConfig, StepContext, StepLogger, StepResult
 
 KIND = "python"
-DESCRIPTION = "Run a Python function main(**args), given as code or module:function, in an isolated child process."
+DESCRIPTION = "Run a Python function main(**args), from code or module:function, in an isolated child."
 
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?$")
 
@@ -46,7 +45,9 @@ class Config(StepConfig):
     @model_validator(mode="after")
     def _one_source(self) -> Config:
         if (self.code is None) == (self.module is None):
-            raise ValueError("give exactly one of `code` (Python source defining main) or `module` (pkg.mod:func)")
+            raise ValueError(
+                "give exactly one of `code` (Python source defining main) or `module` (pkg.mod:func)"
+            )
         if self.module is not None and not _MODULE.match(self.module):
             raise ValueError(f"`module` must look like pkg.mod:func, not {self.module!r}")
         if not self.function.isidentifier():
@@ -64,7 +65,8 @@ def check(config: dict[str, Any]) -> list[tuple[str, str, str]]:
     elif code is not None and module is not None:
         problems.append(("module", "give `code` or `module`, not both", "remove one of them"))
     if isinstance(module, str) and "{{" not in module and not _MODULE.match(module):
-        problems.append(("module", f"{module!r} is not an import path like pkg.mod:func", "write pkg.mod:func"))
+        problems.append(("module", f"{module!r} is not an import path like pkg.mod:func",
+                         "write pkg.mod:func"))
     if isinstance(code, str) and "{{" not in code:
         try:
             tree = ast.parse(code)
@@ -85,7 +87,9 @@ async def run(config: Config, ctx: StepContext) -> StepResult:
     settings = ctx.settings
     network = settings.python_network and config.network is not False
     if config.network and not settings.python_network:
-        ctx.logger.warning("`network: true` has no effect: VM_PYTHON_NETWORK=false turns it off for the workspace")
+        ctx.logger.warning(
+            "`network: true` has no effect: VM_PYTHON_NETWORK=false turns it off for the workspace"
+        )
     timeout = ctx.timeout if ctx.timeout is not None else settings.step_timeout
     filename = f"<step {ctx.step_id}>"
     inprocess = settings.python_isolation == "inprocess" or config.isolation == "inprocess"
@@ -109,7 +113,9 @@ async def run(config: Config, ctx: StepContext) -> StepResult:
 # --------------------------------------------------------------------------- isolated
 
 
-async def _run_isolated(config: Config, ctx: StepContext, filename: str, timeout: float, network: bool) -> Any:
+async def _run_isolated(
+    config: Config, ctx: StepContext, filename: str, timeout: float, network: bool
+) -> Any:
     s = ctx.settings
     request = {
         "code": config.code, "module": config.module, "function": config.function, "args": config.args,
@@ -140,14 +146,18 @@ async def _run_isolated(config: Config, ctx: StepContext, filename: str, timeout
         raise StepError("the python step wrote more output than a step may return", hint="return less data")
     if outcome.signal is not None:
         # RLIMIT_CPU kills with SIGKILL (soft == hard); rusage undercounts it a little
-        if outcome.signal in (signal.SIGKILL, signal.SIGXCPU) and outcome.cpu_seconds >= 0.75 * s.python_cpu_seconds:
+        cpu_limit = outcome.cpu_seconds >= 0.75 * s.python_cpu_seconds
+        if outcome.signal in (signal.SIGKILL, signal.SIGXCPU) and cpu_limit:
             raise SandboxError(
                 f"the python step exceeded its CPU time limit of {s.python_cpu_seconds} s",
                 hint="raise VM_PYTHON_CPU_SECONDS or make the step do less work",
             )
-        name = signal.Signals(outcome.signal).name if outcome.signal in signal.Signals._value2member_map_ else ""
+        try:
+            name = f"{outcome.signal} ({signal.Signals(outcome.signal).name})"
+        except ValueError:
+            name = str(outcome.signal)
         raise SandboxError(
-            f"the python step was killed by signal {outcome.signal} {name}".rstrip(),
+            f"the python step was killed by signal {name}",
             hint=f"it may have run out of its memory limit of {s.python_memory_mb} MiB "
             "(raise VM_PYTHON_MEMORY_MB) or crashed in a C extension",
         )
@@ -166,7 +176,9 @@ def _error(error: dict[str, Any], config: Config, memory_mb: int | None, max_pro
     trace = error.get("traceback") or ""
     details = (f"\nTraceback (most recent call last):\n{trace.rstrip()}" if trace else "") + (
         f"\n(caused by {error['cause']})" if error.get("cause") else "")
-    fn = config.function if config.code is not None else (config.module or "").rpartition(":")[2] or config.function
+    fn = config.function
+    if config.module and ":" in config.module:
+        fn = config.module.rpartition(":")[2]
     err: StepError
     if kind == "memory":
         limit = f" of {memory_mb} MiB" if memory_mb else ""
@@ -177,14 +189,22 @@ def _error(error: dict[str, Any], config: Config, memory_mb: int | None, max_pro
             f"the python step reached its limit of {max_procs} processes and threads ({summary}){details}",
             hint="raise VM_PYTHON_MAX_PROCS or start fewer processes",
         )
+    if kind == "sandbox":
+        err = SandboxError(f"the python sandbox could not set the step up: {error.get('message')}",
+                           hint="check bubblewrap (bwrap --version) or set VM_PYTHON_ISOLATION=process")
+        err.retryable = True
+        return err
     if kind == "isolation":
         return ConfigurationError(
             f"the python step cannot run with its network switched off here: {error.get('message')}",
-            hint="install bubblewrap (apt-get install bubblewrap) or allow user namespaces, or set `network: true`",
+            hint="install bubblewrap (apt-get install bubblewrap) or allow user namespaces, "
+            "or set `network: true`",
         )
     if kind == "exit":
-        err = StepError(f"{fn}() called sys.exit({error.get('code')!r}) instead of returning a value{details}",
-                        hint="return the value")
+        err = StepError(
+            f"{fn}() called sys.exit({error.get('code')!r}) instead of returning a value{details}",
+            hint="return the value",
+        )
     elif kind == "output":
         err = StepError(error.get("message", "the return value cannot be the step's output"),
                         hint="convert it to dicts, lists, strings and numbers")
@@ -232,10 +252,11 @@ class _Capture:
         self._logged += len(line) + 1
         if self._logged <= sandbox.MAX_LOG_BYTES:
             # the logger may publish on the bus: call it on the event loop's thread
-            self._loop.call_soon_threadsafe(self._logger.log, "info" if stream == "stdout" else "warning", line)
+            level = "info" if stream == "stdout" else "warning"
+            self._loop.call_soon_threadsafe(self._logger.log, level, line)
 
 
-class _Redirect(io.TextIOBase):
+class _Redirect:
     """Stands in for sys.stdout/stderr while in-process steps run: each thread or task
     writes to its own step's capture (a context variable), everything else passes through."""
 

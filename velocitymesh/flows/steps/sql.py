@@ -39,8 +39,8 @@ import duckdb
 from pydantic import Field, field_validator
 
 from velocitymesh.errors import StepError
-from velocitymesh.workspace import duckdb_sandbox as sandbox
 from velocitymesh.flows.steps.base import StepConfig, StepContext, StepResult
+from velocitymesh.workspace import duckdb_sandbox as sandbox
 
 KIND = "sql"
 DESCRIPTION = "Run DuckDB SQL over upstream outputs and files in the data folder (locked down)."
