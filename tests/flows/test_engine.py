@@ -405,3 +405,23 @@ async def test_engine_on_postgres_and_redis(settings: Any, pg_url: str, redis_ur
         from velocitymesh.workspace.store import make_engine
 
         make_engine(team).dispose()
+
+
+async def test_code_and_queries_are_never_rendered(engine: Engine) -> None:
+    """`{{` in python code is Python's; a query takes data only through params (no SQL injection)."""
+    spec = wf([
+        {"id": "evil", "kind": "transform", "with": {"value": "x'); drop table t; --"}},
+        {"id": "py", "kind": "python", "needs": ["evil"],
+         "with": {"code": "def main(s):\n    return f'{{literal}} {s}'\n", "args": {"s": "{{ steps.evil.output }}"}}},
+        {"id": "q", "kind": "sql", "needs": ["evil"],
+         "with": {"query": "select $v as v", "params": {"v": "{{ steps.evil.output }}"}}},
+    ])
+    res = await engine.run(spec)
+    assert res.status == "succeeded", res.error
+    assert res.outputs["py"] == "{literal} x'); drop table t; --"
+    assert res.outputs["q"]["rows"] == [{"v": "x'); drop table t; --"}]
+
+    from velocitymesh.flows.validation import validate_workflow
+
+    problems = validate_workflow(wf([{"id": "q", "kind": "sql", "with": {"query": "select {{ inputs.x }}"}}]))
+    assert any(p.path == "steps[0].with.query" and "params" in p.hint for p in problems)

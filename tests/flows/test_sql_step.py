@@ -275,7 +275,9 @@ async def test_errors_are_clear_and_not_retryable(settings: Settings) -> None:
 
 def test_static_check() -> None:
     assert sql.check({"query": "select $a", "params": {"a": 1}}) == []
-    assert sql.check({"query": "select {{ inputs.x }}"}) == []  # templated: checked when it runs
+    # a query is never rendered: a template in it is refused, with the params way as the hint
+    [(path, _msg, hint)] = sql.check({"query": "select {{ inputs.x }}"})
+    assert path == "query" and "params" in hint
     problems = sql.check({"query": "select 1; attach 'x.db'"})
     assert problems and problems[0][0] == "query" and "ATTACH" in problems[0][1]
     assert sql.check({"query": "select $a", "params": {"b": 1}}) == [

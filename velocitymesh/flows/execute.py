@@ -228,7 +228,13 @@ async def _render_and_run(
     kind: StepKind, step: Step, context: dict[str, Any], ctx: StepContext, timeout: float,
     cache: Any, max_template_bytes: int,
 ) -> _ItemResult:
-    rendered = templating.render(step.with_, context, max_bytes=max_template_bytes)
+    if kind.raw:
+        raw = {k: v for k, v in step.with_.items() if k in kind.raw}
+        rendered = templating.render({k: v for k, v in step.with_.items() if k not in kind.raw}, context,
+                                     max_bytes=max_template_bytes)
+        rendered.update(raw)
+    else:
+        rendered = templating.render(step.with_, context, max_bytes=max_template_bytes)
     try:
         config = kind.config.model_validate(rendered)
     except ValidationError as e:

@@ -26,7 +26,8 @@ OnError = str  # "fail" | "continue" | <step id>; checked by the validator
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # inf/NaN have no JSON form: they would be stored as null and change the content hash
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class Schedule(_Model):
@@ -199,7 +200,7 @@ def _shorten(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(c, dict) and set(c) <= {"enabled"}:
             step["cache"] = c.get("enabled", True)
         m = step.get("map")
-        if isinstance(m, dict) and set(m) == {"over"}:
+        if isinstance(m, dict) and set(m) == {"over"} and isinstance(m["over"], (str, list)):
             step["map"] = m["over"]
     return data
 

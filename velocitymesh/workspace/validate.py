@@ -259,9 +259,12 @@ class _Upstream:
         return self.cache[step_id]
 
 
-def _template_sources(i: int, step: Step) -> Iterator[tuple[str, Any, bool]]:
-    """(path, value, may use the map alias) for every place of a step that holds templates."""
-    yield _step_path(i, "with"), step.with_, True
+def _template_sources(i: int, step: Step, raw: frozenset[str]) -> Iterator[tuple[str, Any, bool]]:
+    """(path, value, may use the map alias) for every place of a step that holds templates.
+
+    ``raw`` names the kind's ``with:`` fields that are never rendered (code, queries).
+    """
+    yield _step_path(i, "with"), {k: v for k, v in step.with_.items() if k not in raw}, True
     if step.when is not None:
         yield _step_path(i, "when"), templating.expression_template(step.when), True
     if step.map is not None:
@@ -320,7 +323,9 @@ def _check_reference(
     return Problem(path, f"unknown name '{name}'", f"{guess} templates can use {names}".strip())
 
 
-def _check_templates(doc: _Doc, used_inputs: set[str]) -> Iterator[Problem]:
+def _check_templates(
+    doc: _Doc, used_inputs: set[str], kinds: Mapping[str, StepKind] | None = None
+) -> Iterator[Problem]:
     # An error handler (another step's on_error) runs after that step and may read it.
     readable = {sid: set(needs) for sid, needs in doc.needs.items()}
     for _, step in doc.steps:
@@ -355,7 +360,9 @@ def _check_templates(doc: _Doc, used_inputs: set[str]) -> Iterator[Problem]:
                 severity="warning",
             )
         seen: set[tuple[str, str]] = set()
-        for base, value, alias_ok in _template_sources(i, step):
+        kind = kinds.get(step.kind) if kinds is not None else None
+        raw: frozenset[str] = getattr(kind, "raw", frozenset())
+        for base, value, alias_ok in _template_sources(i, step, raw):
             for sub, source in templating.iter_templates(value):
                 path = join_path(base, sub)
                 for _, message in templating.template_errors(source):
@@ -466,7 +473,7 @@ def _check_doc(doc: _Doc, kinds: Mapping[str, StepKind] | None) -> list[Problem]
         for i, step in doc.steps:
             problems.extend(_check_kind(i, step, kinds))
     used: set[str] = set()
-    problems.extend(_check_templates(doc, used))
+    problems.extend(_check_templates(doc, used, kinds))
     problems.extend(_check_on_error(doc))
     problems.extend(_check_trigger(doc))
     problems.extend(_check_inputs(doc, used))

@@ -1,6 +1,7 @@
 """Step kinds: one module each, found through a registry that the ``velocitymesh.steps``
 entry point group can extend (a third-party package points an entry point at a module
-that exports ``KIND``, ``Config``, ``run`` and optionally ``DESCRIPTION``/``check``)."""
+that exports ``KIND``, ``Config``, ``run`` and optionally ``DESCRIPTION``, ``check`` and
+``RAW_FIELDS`` — the ``with:`` fields never rendered as templates)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def _from_module(module: ModuleType) -> StepKind:
         run=module.run,
         description=getattr(module, "DESCRIPTION", (module.__doc__ or "").strip().splitlines()[0]),
         check=getattr(module, "check", None),
+        raw=frozenset(getattr(module, "RAW_FIELDS", ())),
     )
 
 

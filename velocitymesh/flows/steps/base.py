@@ -151,5 +151,8 @@ class StepKind:
     config: type[BaseModel]
     run: RunFn
     description: str = ""
-    # static checks beyond the config model: (config dict, settings) -> list of (subpath, message, hint)
+    # static checks beyond the config model: config dict -> list of (subpath, message, hint)
     check: Callable[[dict[str, Any]], list[tuple[str, str, str]]] | None = None
+    # top-level `with:` fields that are never rendered as templates: code and queries, where `{{`
+    # is the language's own syntax and where splicing data in would be an injection
+    raw: frozenset[str] = frozenset()

@@ -29,6 +29,8 @@ from velocitymesh.flows._sandbox_child import call_function, describe_exception,
 from velocitymesh.flows.steps.base import StepConfig, StepContext, StepLogger, StepResult
 
 KIND = "python"
+# The code is Python, not a template: `{{` in an f-string is Python's, and data reaches it only through args.
+RAW_FIELDS = ("code",)
 DESCRIPTION = "Run a Python function main(**args), from code or module:function, in an isolated child."
 
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?$")

@@ -43,6 +43,8 @@ from velocitymesh.flows.steps.base import StepConfig, StepContext, StepResult
 from velocitymesh.workspace import duckdb_sandbox as sandbox
 
 KIND = "sql"
+# Never spliced into the query text (SQL injection): values go in through `params` ($name).
+RAW_FIELDS = ("query",)
 DESCRIPTION = "Run DuckDB SQL over upstream outputs and files in the data folder (locked down)."
 
 
@@ -85,8 +87,14 @@ class Config(StepConfig):
 def check(config: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Refuse blocked statements (ATTACH, INSTALL, COPY TO, …) and bad SQL before any run."""
     query = config.get("query")
-    if not isinstance(query, str) or not query.strip() or "{{" in query or "{%" in query:
+    if not isinstance(query, str) or not query.strip():
         return []
+    if "{{" in query or "{%" in query:
+        return [(
+            "query",
+            "templates are not rendered inside a query (splicing data into SQL invites injection)",
+            "pass values as parameters: query: 'select * from t where id = $id', params: {id: '{{ inputs.id }}'}",
+        )]
     con = duckdb.connect(
         ":memory:",
         config={
