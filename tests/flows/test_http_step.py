@@ -17,10 +17,10 @@ import pytest
 from pydantic import ValidationError
 
 from velocitymesh.errors import BlockedError, NotFoundError, StepError, StepTimeout
-from velocitymesh.flows import netguard
 from velocitymesh.flows.steps import http
 from velocitymesh.flows.steps.base import StepContext, StepLogger
 from velocitymesh.settings import Settings
+from velocitymesh.workspace import netguard
 
 # --- local servers -------------------------------------------------------------------
 

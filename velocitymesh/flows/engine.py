@@ -35,6 +35,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from velocitymesh.agents.budget import Budget
 from velocitymesh.errors import ConflictError, StepCancelled, UsageError
 from velocitymesh.flows.execute import StepOutcome, error_record, execute_step
 from velocitymesh.flows.recorder import RunRecorder, now
@@ -154,6 +155,7 @@ class Engine:
         workflow_id: str | None = None,
         parent_run_id: str | None = None,
         depth: int = 0,
+        budget: Budget | None = None,
     ) -> str:
         """Create the run record and start executing it; returns the run id at once."""
         self._check(spec)
@@ -164,7 +166,7 @@ class Engine:
                 content_hash=spec.content_hash(), inputs=values, version=version, workflow_id=workflow_id,
                 engine="local", status="queued", parent_run_id=parent_run_id,
             )
-        self._launch(_Execution(self, run.id, spec, values, version=version, depth=depth))
+        self._launch(_Execution(self, run.id, spec, values, version=version, depth=depth, budget=budget))
         return run.id
 
     async def run(self, spec: Workflow, inputs: dict[str, Any] | None = None, **kw: Any) -> RunResult:
@@ -277,7 +279,7 @@ class Engine:
 
     async def _run_child(
         self, parent: _Execution, name: str, inputs: dict[str, Any], *, version: int | None = None,
-        output: str | None = None,
+        output: str | None = None, budget: Budget | None = None,
     ) -> dict[str, Any]:
         if parent.depth + 1 > MAX_DEPTH:
             raise UsageError(
@@ -285,7 +287,8 @@ class Engine:
                 hint="a workflow probably calls itself; break the loop",
             )
         v = await asyncio.to_thread(self.get_version, name, version)
-        res = await self.run(v.spec, inputs, version=v.number, parent_run_id=parent.run_id, depth=parent.depth + 1)
+        res = await self.run(v.spec, inputs, version=v.number, parent_run_id=parent.run_id, depth=parent.depth + 1,
+                             budget=budget)
         if output is not None and output not in res.steps:
             raise UsageError(f"workflow {name!r} has no step {output!r}", hint=f"steps: {', '.join(res.steps)}")
         last = output or (v.spec.steps[-1].id if v.spec.steps else None)
@@ -294,6 +297,14 @@ class Engine:
             "output": res.steps[last].output if last in res.steps else None,
             "cost_usd": res.cost_usd, "tokens": res.tokens,
         }
+
+
+def _run_budget(spec: Workflow, budget: Budget | None) -> Budget:
+    """The run's budget: the workflow's (per run) under the one the caller gave, if any."""
+    root = budget or Budget(label="run")
+    if spec.budget is not None:
+        return root.child(spec.budget.usd, spec.budget.tokens, label=f"workflow {spec.name!r}")
+    return root
 
 
 def _leaves(spec: Workflow) -> list[str]:
@@ -320,7 +331,7 @@ class _Execution:
     def __init__(
         self, engine: Engine, run_id: str, spec: Workflow, inputs: dict[str, Any], *, version: int | None,
         depth: int = 0, prior: dict[str, Any] | None = None, decisions: dict[str, Any] | None = None,
-        resumed: bool = False,
+        resumed: bool = False, budget: Budget | None = None,
     ) -> None:
         self.engine = engine
         self.settings = engine.settings
@@ -353,6 +364,7 @@ class _Execution:
         self.context: dict[str, Any] = {}
         self.redactor = Redactor([])
         self.secret_values: dict[str, str] = {}
+        self.budget = _run_budget(spec, budget)
         self.internal_error: dict[str, Any] | None = None
 
     def cancel(self) -> None:
@@ -533,6 +545,8 @@ class _Execution:
             upstream={n: self.state[n].output for n in step.needs}, inputs=self.inputs,
             workspace=self.engine.workspace.name, version=self.version, decision=self.decisions.get(sid),
             publish=self._step_publisher(sid), run_workflow=self._child_runner(),
+            budget=self.budget.child(step.budget.usd if step.budget else None,
+                                     step.budget.tokens if step.budget else None, label=f"step {sid!r}"),
         )
         try:
             outcome = await execute_step(

@@ -20,8 +20,8 @@ import httpx
 from pydantic import Field, field_validator, model_validator
 
 from velocitymesh.errors import StepError, StepTimeout
-from velocitymesh.flows.netguard import NetGuard
 from velocitymesh.flows.steps.base import StepConfig, StepContext, StepResult
+from velocitymesh.workspace.netguard import NetGuard
 
 KIND = "http"
 DESCRIPTION = "Call an HTTP API (method, headers, query, JSON or text body, auth from secrets)."

@@ -23,7 +23,9 @@ class Config(StepConfig):
 async def run(config: Config, ctx: StepContext) -> StepResult:
     if ctx.run_workflow is None:
         raise ConfigurationError("sub-workflows need a workspace store; run this workflow through velocitymesh")
-    child = await ctx.run_workflow(config.workflow, config.inputs, version=config.version, output=config.output)
+    # the child spends from this step's budget (and so from this run's)
+    child = await ctx.run_workflow(config.workflow, config.inputs, version=config.version, output=config.output,
+                                   budget=ctx.budget)
     if child["status"] != "succeeded":
         raise StepError(
             f"sub-workflow {config.workflow!r} {child['status']}: {child.get('error') or ''}".rstrip(": "),

@@ -580,6 +580,27 @@ def db_upgrade() -> None:
         _console().print(f"[green]✓[/green] database at revision {store.current_revision(engine)}")
 
 
+# Commands of the other layers live beside this module, each exporting register(app); their
+# module-level imports stay light (heavy ones happen inside the commands).
+_EXTENSIONS = ("agents", "prefect", "server", "jupyter")
+
+
+def _register_extensions() -> None:
+    import importlib
+
+    for name in _EXTENSIONS:
+        try:
+            module = importlib.import_module(f"velocitymesh.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"velocitymesh.cli.{name}":
+                continue
+            raise
+        module.register(app)
+
+
+_register_extensions()
+
+
 def main() -> None:
     app()
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from velocitymesh.errors import BlockedError, ConfigurationError, StepError
-from velocitymesh.flows.netguard import AllowList, IPAddress, NetGuard, blocked_reason, parse_ip
+from velocitymesh.workspace.netguard import AllowList, IPAddress, NetGuard, blocked_reason, parse_ip
 
 
 @pytest.mark.parametrize(

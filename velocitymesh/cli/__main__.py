@@ -1,0 +1,3 @@
+from velocitymesh.cli import main
+
+main()
