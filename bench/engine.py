@@ -134,7 +134,7 @@ async def run_python_step(home: Path) -> dict[str, Any]:
     try:
         from velocitymesh.flows import sandbox
 
-        mode = getattr(sandbox, "active_mode", lambda s: "?")(settings)
+        mode = str(sandbox.isolation_mode(settings))
         await sandbox.shutdown_sandboxes()
     except Exception:
         mode = "?"

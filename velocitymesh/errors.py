@@ -16,6 +16,8 @@ they surface only at the edge (HTTP status, CLI message, dashboard notification)
         ├── StepTimeout             it ran longer than its timeout
         ├── StepCancelled           the run was cancelled
         ├── BudgetExceeded          the next call could exceed the budget left
+        ├── ProviderError           a model provider failed (server error, network, refusal)
+        │   └── RateLimited         the provider kept answering 429 after our retries
         ├── BlockedError            it tried something the sandbox forbids (SSRF, file, …)
         └── SandboxError            the isolated child died (memory, CPU, processes)
 """
@@ -95,6 +97,26 @@ class BudgetExceeded(StepError):
     """The next model call could exceed what is left of the budget."""
 
     retryable = False
+
+
+class ProviderError(StepError):
+    """A model provider failed: a server error, the network, or a request it refused.
+
+    ``retryable`` is true for server errors and lost connections (retried already inside
+    the adapter; the step's own ``retries`` may try again), false for refusals that would
+    repeat (context too long, a bad request).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, retryable: bool = True,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retryable = retryable
+        # seconds the server asked us to wait before trying again (Retry-After), when it said
+        self.retry_after = retry_after
+
+
+class RateLimited(ProviderError):
+    """The provider answered 429 (rate limit or quota) on every attempt."""
 
 
 class BlockedError(StepError):

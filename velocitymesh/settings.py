@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +50,34 @@ class Settings(BaseSettings):
     template_max_bytes: int = Field(1_000_000, description="Largest string a template may render to.")
     http_max_bytes: int = Field(10_000_000, description="Largest HTTP response body a step reads.")
     log_level: str = Field("INFO", description="Log level of the velocitymesh loggers.")
+    default_model: str = Field(
+        "openai:gpt-4o-mini", description="Model (provider:model) of llm and agent steps that name none."
+    )
+    compatible_base_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible server for `compatible:` models "
+        "(Ollama http://localhost:11434/v1, vLLM, llama.cpp)."
+    )
+    compatible_api_key: str | None = Field(
+        None, description="API key sent to VM_COMPATIBLE_BASE_URL, if that server wants one."
+    )
+    prices: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Price overrides as JSON, USD per million tokens: {"openai:gpt-4o": {"input": 2.5, '
+        '"output": 10}}; a key ending in a model-name prefix covers its dated versions.',
+    )
+    llm_retries: int = Field(
+        3, ge=0, description="Retries of a model call on 429 (after the server's Retry-After), 5xx or a lost "
+        "connection."
+    )
+    llm_retry_backoff: float = Field(
+        0.5, ge=0, description="First wait in seconds between model-call retries when the server names none; "
+        "doubles each time."
+    )
+    llm_max_retry_wait: float = Field(
+        60.0, ge=0, description="Longest Retry-After the model-call retries wait; a server asking for longer "
+        "fails the call at once."
+    )
+    llm_timeout: float = Field(600.0, gt=0, description="Seconds one model request may take.")
 
     @field_validator("http_allow", mode="before")
     @classmethod

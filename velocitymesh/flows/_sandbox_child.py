@@ -555,7 +555,8 @@ class Zygote:
             os._exit(0)
         own = [p for p in sys.path if p not in init["sys_path"]]
         sys.path[:] = list(init["sys_path"]) + own
-        for path in sorted(p for p in sys.path if _inside(p, "/tmp") and p != "/tmp" and os.path.isdir(p)):
+        visible = [*sys.path, *init.get("keep", ())]
+        for path in sorted(p for p in visible if _inside(p, "/tmp") and p != "/tmp" and os.path.isdir(p)):
             if not any(_inside(path, kept) for kept in self.tmp_roots):
                 self.tmp_roots.append(path)
         if self.sysc.linux and os.geteuid() != 0:

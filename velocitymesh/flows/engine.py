@@ -545,6 +545,7 @@ class _Execution:
             upstream={n: self.state[n].output for n in step.needs}, inputs=self.inputs,
             workspace=self.engine.workspace.name, version=self.version, decision=self.decisions.get(sid),
             publish=self._step_publisher(sid), run_workflow=self._child_runner(),
+            extra={"cache": self.engine._cache},
             budget=self.budget.child(step.budget.usd if step.budget else None,
                                      step.budget.tokens if step.budget else None, label=f"step {sid!r}"),
         )

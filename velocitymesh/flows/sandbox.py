@@ -388,7 +388,9 @@ class _Zygote:
             )
             self.pid = self._proc.pid
             self._child_sock.close()
-            self._sock.sendall(encode_frame({"op": "init", "sys_path": list(self.plan.sys_path)}))
+            self._sock.sendall(encode_frame({"op": "init", "sys_path": list(self.plan.sys_path),
+                                                    # the package itself may be off sys.path (editable install)
+                                                    "keep": [PACKAGE_DIR, *self.plan.binds]}))
             ready, _ = recv_frame(self._sock)
             if not ready or ready.get("event") != "ready":
                 raise OSError(self._stderr_tail() or "the sandbox process exited while starting")

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator, model_validator
 
 from velocitymesh.errors import StepError, StepTimeout
 from velocitymesh.flows.steps.base import StepConfig, StepContext, StepResult
+from velocitymesh.workspace.guarded_fetch import DEFAULT_HEADERS, REDIRECT_STATUSES, read_capped
 from velocitymesh.workspace.netguard import NetGuard
 
 KIND = "http"
@@ -28,11 +29,9 @@ DESCRIPTION = "Call an HTTP API (method, headers, query, JSON or text body, auth
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Headers that carry credentials: never sent to an origin other than the first URL's.
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 EXCERPT_CHARS = 200
-DEFAULT_HEADERS = {"User-Agent": "velocitymesh", "Accept": "*/*", "Accept-Encoding": "gzip, deflate"}
 
 
 class BasicAuth(StepConfig):
@@ -236,22 +235,18 @@ class _Call:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise self._too_large(limit)
-        chunks: list[bytes] = []
-        size = 0
         try:
-            async for chunk in response.aiter_bytes():  # decoded: a gzip bomb is capped too
-                size += len(chunk)
-                if size > limit:
-                    raise self._too_large(limit)
-                chunks.append(chunk)
+            body, over = await read_capped(response, limit)  # decoded: a gzip bomb is capped too
         except httpx.TimeoutException as e:
             raise StepTimeout(f"{response.request.method} {self.shown_url} timed out reading the body",
                               hint="raise the step's with.timeout") from e
         except httpx.TransportError as e:
             raise _fail(f"{response.request.method} {self.shown_url}: reading the body failed: {e}",
                         "the step can be retried", retryable=True) from e
-        self.body_size = size
-        return b"".join(chunks)
+        if over:
+            raise self._too_large(limit)
+        self.body_size = len(body)
+        return body
 
     def _too_large(self, limit: int) -> StepError:
         return _fail(
