@@ -210,3 +210,20 @@ def test_subprocess_usage_exit_code_and_no_traceback(tmp_path: Path) -> None:
     res = subprocess.run([*exe, "run", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
+
+
+def test_messages_with_brackets_print_verbatim(tmp_path: Path) -> None:
+    """Hints like `needs: [a, b]` must not be eaten as terminal markup."""
+    (tmp_path / "w.yaml").write_text("""
+name: w
+steps:
+  - id: a
+    kind: transform
+    with: {value: 1}
+  - id: b
+    kind: transform
+    with: {value: "{{ steps.a.output }}"}
+""")
+    res = invoke("validate", "w.yaml")
+    assert res.exit_code == 1
+    assert "needs: [a]" in res.output

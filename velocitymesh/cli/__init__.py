@@ -53,11 +53,18 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
+def _e(value: object) -> str:
+    """Escape text that comes from data (paths, messages, outputs) so rich prints it as it is."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def _fail(message: str, hint: str | None = None, code: int = 1) -> None:
     err = _console(stderr=True)
-    err.print(f"[red]error:[/red] {message}", markup=True)
+    err.print(f"[red]error:[/red] {_e(message)}")
     if hint:
-        err.print(f"[dim]hint:[/dim] {hint}")
+        err.print(f"[dim]hint:[/dim] {_e(hint)}")
     raise typer.Exit(code)
 
 
@@ -72,9 +79,9 @@ def _errors() -> Iterator[None]:
         raise
     except SpecError as e:
         err = _console(stderr=True)
-        err.print(f"[red]error:[/red] {e.message.split(':')[0]}")
+        err.print(f"[red]error:[/red] {_e(e.message.split(':')[0])}")
         for p in e.problems:
-            err.print(f"  [bold]{p.path}[/bold]: {p.message}" + (f" [dim]— {p.hint}[/dim]" if p.hint else ""))
+            err.print(f"  [bold]{_e(p.path)}[/bold]: {_e(p.message)}" + (f" [dim]— {_e(p.hint)}[/dim]" if p.hint else ""))
         raise typer.Exit(1) from None
     except VelocityMeshError as e:
         _fail(e.message, e.hint)
@@ -140,12 +147,12 @@ def _print_step_event(err: Any) -> Callable[[dict[str, Any]], None]:
             ms = event.get("duration_ms")
             extra = f" [dim]{ms:.0f} ms[/dim]" if ms is not None else ""
             if event.get("reason"):
-                extra += f" [dim]({event['reason']})[/dim]"
+                extra += f" [dim]({_e(event['reason'])})[/dim]"
             if event.get("error"):
-                extra += f" [red]{event['error'].get('type')}: {event['error'].get('message')}[/red]"
-            err.print(f"  [{style}]{sym}[/{style}] {event['step']}{extra}")
+                extra += f" [red]{_e(event['error'].get('type'))}: {_e(event['error'].get('message'))}[/red]"
+            err.print(f"  [{style}]{sym}[/{style}] {_e(event['step'])}{extra}")
         elif event.get("type") == "run" and event.get("status") == "running":
-            err.print(f"[bold]run {event['run_id']}[/bold] {event.get('workflow', '')}")
+            err.print(f"[bold]run {event['run_id']}[/bold] {_e(event.get('workflow', ''))}")
 
     return show
 
@@ -160,13 +167,13 @@ def _print_result(result: RunResult, as_json: bool) -> None:
                   f"({result.duration_ms:.0f} ms)" if result.duration_ms else
                   f"[{style}]{sym} {result.status}[/{style}] run {result.run_id}")
         if result.error:
-            out.print(f"  [red]{result.error.get('message')}[/red]")
+            out.print(f"  [red]{_e(result.error.get('message'))}[/red]")
             if result.error.get("hint"):
-                out.print(f"  [dim]hint: {result.error['hint']}[/dim]")
+                out.print(f"  [dim]hint: {_e(result.error['hint'])}[/dim]")
         leaves = _leaf_outputs(result)
         for sid, value in leaves.items():
             text = value if isinstance(value, str) else json.dumps(value, default=str)
-            out.print(f"  [bold]{sid}[/bold] → {text[:2000]}")
+            out.print(f"  [bold]{_e(sid)}[/bold] → {_e(text[:2000])}")
     if result.status in ("failed", "cancelled", "crashed"):
         raise typer.Exit(1)
 
@@ -242,8 +249,8 @@ def validate(
             out = _console()
             for p in problems:
                 colour = "red" if p.severity == "error" else "yellow"
-                out.print(f"[{colour}]{p.severity}[/{colour}] [bold]{p.path}[/bold]: {p.message}"
-                          + (f"\n    [dim]hint: {p.hint}[/dim]" if p.hint else ""))
+                out.print(f"[{colour}]{p.severity}[/{colour}] [bold]{_e(p.path)}[/bold]: {_e(p.message)}"
+                          + (f"\n    [dim]hint: {_e(p.hint)}[/dim]" if p.hint else ""))
             if not errors:
                 out.print(f"[green]✓[/green] {path} is valid" + (f" ({len(problems)} warning(s))" if problems else ""))
         if errors:
@@ -389,21 +396,21 @@ def runs_show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fa
         out = _console()
         sym, style = STATUS_STYLE.get(r.status, ("?", ""))
         out.print(f"run [bold]{r.id}[/bold]  {r.workflow} v{r.version or '-'}  [{style}]{sym} {r.status}[/{style}]")
-        out.print(f"  inputs: {json.dumps(r.inputs, default=str)}")
+        out.print(f"  inputs: {_e(json.dumps(r.inputs, default=str))}")
         if r.error:
-            out.print(f"  [red]{r.error.get('message')}[/red]")
+            out.print(f"  [red]{_e(r.error.get('message'))}[/red]")
         for sid, st in r.steps.items():
             sym, style = STATUS_STYLE.get(st.status, ("?", ""))
             ms = f" {st.duration_ms:.0f} ms" if st.duration_ms is not None else ""
             att = f" ×{st.attempts}" if st.attempts and st.attempts > 1 else ""
             out.print(f"  [{style}]{sym}[/{style}] [bold]{sid}[/bold] {st.status}{ms}{att}")
             if st.error:
-                out.print(f"      [red]{st.error.get('type')}: {st.error.get('message')}[/red]")
+                out.print(f"      [red]{_e(st.error.get('type'))}: {_e(st.error.get('message'))}[/red]")
             if st.output is not None:
                 text = json.dumps(st.output, default=str)
-                out.print(f"      output: {text[:300]}{'…' if len(text) > 300 else ''}")
+                out.print(f"      output: {_e(text[:300])}{'…' if len(text) > 300 else ''}")
             for line in (st.logs or [])[-5:]:
-                out.print(f"      [dim]{line.get('level')}: {line.get('message')}[/dim]")
+                out.print(f"      [dim]{_e(line.get('level'))}: {_e(line.get('message'))}[/dim]")
 
 
 @runs_app.command("approve")
@@ -582,7 +589,7 @@ def db_upgrade() -> None:
 
 # Commands of the other layers live beside this module, each exporting register(app); their
 # module-level imports stay light (heavy ones happen inside the commands).
-_EXTENSIONS = ("agents", "prefect", "server", "jupyter")
+_EXTENSIONS = ("agents", "memory", "prefect", "server", "jupyter")
 
 
 def _register_extensions() -> None:
