@@ -21,14 +21,21 @@ install: $(STAMP)
 run: install
 	$(BIN)/velocitymesh demo
 
-# OS packages the tests use: bubblewrap (python-step sandbox). Installed when we can (root + apt);
-# otherwise the sandbox tests that need it say why they skip.
+# OS packages the tests use: bubblewrap (python-step sandbox) and Chromium (the dashboard's
+# browser tests, driven by Playwright; its own browser download does not work everywhere).
+# Installed when we can (root + apt); otherwise the tests that need them say why they skip.
 sysdeps:
 	@if ! command -v bwrap >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing bubblewrap"; apt-get install -y -q bubblewrap >/dev/null || \
 	      (apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null); \
 	  else echo "note: bubblewrap (bwrap) is not installed; python steps will use process isolation"; fi; \
+	fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium"; apt-get install -y -q chromium >/dev/null || \
+	      (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
+	  else echo "note: chromium is not installed; the dashboard's browser tests will skip"; fi; \
 	fi
 
 lint: install

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -32,7 +32,7 @@ class Settings(BaseSettings):
         "(outside production)."
     )
     workspace: str = Field("default", description="Workspace the CLI acts on.")
-    http_allow: list[str] = Field(
+    http_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Hosts, IPs or CIDRs the http step may reach even though they are private/loopback "
         "(comma-separated).",
@@ -50,6 +50,20 @@ class Settings(BaseSettings):
     template_max_bytes: int = Field(1_000_000, description="Largest string a template may render to.")
     http_max_bytes: int = Field(10_000_000, description="Largest HTTP response body a step reads.")
     log_level: str = Field("INFO", description="Log level of the velocitymesh loggers.")
+    prefect_work_pool: str = Field(
+        "velocitymesh", description="Prefect work pool (type process) that `velocitymesh deploy` targets and "
+        "`velocitymesh worker` serves."
+    )
+    prefect_server_port: int = Field(
+        4200, description="Port of the local Prefect server velocitymesh starts when PREFECT_API_URL is unset."
+    )
+    prefect_crash_after: float = Field(
+        90.0, gt=0, description="Seconds without a heartbeat after which `velocitymesh worker` marks a running run "
+        "crashed. Keep it above 30: in-process runs beat every 10 s."
+    )
+    prefect_worker_limit: int | None = Field(
+        None, ge=1, description="Flow runs one `velocitymesh worker` executes at once; unset = no limit."
+    )
     default_model: str = Field(
         "openai:gpt-4o-mini", description="Model (provider:model) of llm and agent steps that name none."
     )
@@ -63,7 +77,7 @@ class Settings(BaseSettings):
     prices: dict[str, Any] = Field(
         default_factory=dict,
         description='Price overrides as JSON, USD per million tokens: {"openai:gpt-4o": {"input": 2.5, '
-        '"output": 10}}; a key ending in a model-name prefix covers its dated versions.',
+        '"output": 10}}; a key also covers the model\'s dated snapshots (gpt-4o-2024-08-06).',
     )
     llm_retries: int = Field(
         3, ge=0, description="Retries of a model call on 429 (after the server's Retry-After), 5xx or a lost "
@@ -78,8 +92,54 @@ class Settings(BaseSettings):
         "fails the call at once."
     )
     llm_timeout: float = Field(600.0, gt=0, description="Seconds one model request may take.")
+    embedding_model: str = Field(
+        "hash", description="Embedding model of embed/search steps and agent memory that name none: "
+        "openai:text-embedding-3-small, compatible:<model>, local (all-MiniLM-L6-v2, extra local-embeddings) "
+        "or hash (offline word hashing, not semantic)."
+    )
+    memory_backend: Literal["auto", "duckdb", "pinecone"] = Field(
+        "auto", description="Vector memory store: duckdb ($VM_HOME/memory.duckdb) or pinecone. auto = pinecone "
+        "when PINECONE_API_KEY and VM_PINECONE_INDEX (or VM_PINECONE_HOST) are set."
+    )
+    pinecone_index: str | None = Field(None, description="Pinecone index for vector memory (key: PINECONE_API_KEY).")
+    pinecone_host: str | None = Field(
+        None, description="Data-plane host of the Pinecone index; skips the lookup by VM_PINECONE_INDEX."
+    )
+    # --- server (velocitymesh up / serve) ---
+    host: str = Field("127.0.0.1", description="Address `velocitymesh up` listens on (`serve` listens on 0.0.0.0).")
+    port: int = Field(
+        8080, ge=1, le=65535, description="Port of `velocitymesh up`; `serve` takes $PORT first (Fly.io sets it)."
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins (scheme://host:port, comma-separated) allowed to open the dashboard's websockets, "
+        "besides the server's own address and http://127.0.0.1:$VM_PORT, http://localhost:$VM_PORT.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins (comma-separated) whose browser code may call the API (CORS); empty = none.",
+    )
+    admin_password: str | None = Field(
+        None, description="Password of the `admin` user created on first start when there are no users; "
+        "unset = `velocitymesh up` generates one and prints it once."
+    )
+    session_max_age: int = Field(
+        7 * 24 * 3600, ge=60, description="Seconds a dashboard login (the signed `vm_session` cookie) stays valid."
+    )
+    metrics_public: bool = Field(
+        True, description="Whether /metrics answers without a session or token (false = like any other route)."
+    )
+    login_rate_per_minute: int = Field(
+        10, ge=0, description="Login attempts per minute per client address and username; 0 = unlimited."
+    )
+    token_rate_per_minute: int = Field(
+        1200, ge=0, description="API requests per minute per API token (429 beyond it); 0 = unlimited."
+    )
+    webhook_timeout: float = Field(
+        30.0, gt=0, description="Seconds a webhook with `respond:` waits for that step when the step sets no timeout."
+    )
 
-    @field_validator("http_allow", mode="before")
+    @field_validator("http_allow", "allowed_origins", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, v: object) -> object:
         if isinstance(v, str):

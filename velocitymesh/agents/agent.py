@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -81,8 +82,7 @@ async def run_agent(
     if tools and not model.capabilities.tools:
         raise UsageError(f"model {model.model_string} cannot call tools",
                          hint="choose a model that supports tool calling, or remove the tools")
-    loop = _Loop(model, tools, budget or Budget(label="agent"), on_event, max_tokens, temperature, cancel,
-                 tool_timeout)
+    loop = _Loop(model, tools, budget, on_event, max_tokens, temperature, cancel, tool_timeout)
     messages = [Message("system", instructions)] if instructions else []
     messages += [Message("user", task)] if isinstance(task, str) else list(task)
     try:
@@ -103,7 +103,7 @@ def _keep_trace(exc: BaseException, turns: list[dict[str, Any]]) -> None:
 
 class _Loop:
     def __init__(
-        self, model: Model, tools: list[Tool], budget: Budget, on_event: OnEvent | None, max_tokens: int,
+        self, model: Model, tools: list[Tool], budget: Budget | None, on_event: OnEvent | None, max_tokens: int,
         temperature: float | None, cancel: asyncio.Event | None, tool_timeout: float,
     ) -> None:
         self.model = model
@@ -153,7 +153,7 @@ class _Loop:
             await self.emit({"event": "model", "turn": number, **turn["model"]})
             messages.append(Message("assistant", response.text, tool_calls=list(response.tool_calls)))
             if not response.tool_calls:
-                return self._result(text, "answer", messages)
+                return await self._finish(text, "answer", messages)
             if number == max_turns:
                 # nobody would read the results: the calls are recorded, not run
                 turn["tools"] = [_not_run(c) for c in response.tool_calls]
@@ -165,11 +165,14 @@ class _Loop:
                 Message("tool", shown, tool_call_id=c.id, name=c.name)
                 for c, (_, shown) in zip(response.tool_calls, records, strict=True)
             ]
-        return self._result(text, "max_turns", messages)
+        return await self._finish(text, "max_turns", messages)
 
-    def _result(self, text: str, reason: StoppedReason, messages: list[Message]) -> AgentResult:
-        return AgentResult(text=text, turns=self.turns, usage=Usage(self.usage.input_tokens, self.usage.output_tokens),
-                           cost_usd=self.cost_usd, stopped_reason=reason, messages=messages)
+    async def _finish(self, text: str, reason: StoppedReason, messages: list[Message]) -> AgentResult:
+        usage = Usage(self.usage.input_tokens, self.usage.output_tokens)
+        await self.emit({"event": "done", "stopped_reason": reason, "turns": len(self.turns), "tokens": usage.total,
+                         "cost_usd": self.cost_usd})
+        return AgentResult(text=text, turns=self.turns, usage=usage, cost_usd=self.cost_usd, stopped_reason=reason,
+                           messages=messages)
 
     def _check_cancelled(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -249,7 +252,8 @@ class _Loop:
         if problems:
             raise _ToolProblem(f"invalid arguments for {call.name}: " + "; ".join(problems[:5])
                                + ". Call it again with arguments matching its schema.")
-        async with asyncio.timeout(self._timeout(call)):
+        timeout = self._timeout(call)
+        async with asyncio.timeout(None if math.isinf(timeout) else timeout):
             return await tool.fn(**arguments)
 
 

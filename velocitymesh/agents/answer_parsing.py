@@ -220,7 +220,9 @@ def _load(candidate: _Candidate) -> Any:
     text = candidate.text.strip()
     if not text:
         raise _Unreadable(Problem("", "the answer holds an empty block", _FORMAT_HINT))
-    if text[0] in "{[":
+    if text[0] not in "{[":
+        text = candidate.text.lstrip("\n")  # keep the final line break: a block scalar's value ends with it
+    else:
         for attempt in (text, _clean_json(text)):
             try:
                 return json.loads(attempt)
@@ -253,7 +255,7 @@ def _unwrap(data: Any, explanation: str) -> tuple[Any, str]:
                 explanation = data[k].strip()
                 break
         if isinstance(inner, str):
-            found = _read(inner, finish_reason="stop")
+            found = _read(inner)
             inner = found.data
         if not isinstance(inner, dict):
             break
@@ -275,7 +277,7 @@ def _explanation(prose: str) -> str:
     return text
 
 
-def _read(text: str, *, finish_reason: str) -> ParsedAnswer:
+def _read(text: str) -> ParsedAnswer:
     first_problem: _Unreadable | None = None
     fallback: tuple[Any, _Candidate] | None = None
     for candidate in _candidates(text):
@@ -305,7 +307,7 @@ def parse_answer(text: str | None, *, finish_reason: str = "stop") -> ParsedAnsw
     """
     if text is None or not text.strip():
         return ParsedAnswer(None, "", [Problem("", "the answer was empty", _FORMAT_HINT)])
-    found = _read(text, finish_reason=finish_reason)
+    found = _read(text)
     if finish_reason == "length":
         return ParsedAnswer(None, found.explanation, [Problem("", CUT_OFF, _CUT_OFF_HINT)], cut_off=True)
     return found

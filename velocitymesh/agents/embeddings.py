@@ -32,11 +32,17 @@ import importlib.util
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from velocitymesh.errors import ConfigurationError, StepError, UsageError
+from velocitymesh.errors import (
+    BudgetExceeded,
+    ConfigurationError,
+    ProviderError,
+    RateLimited,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from velocitymesh.agents.budget import Budget
@@ -175,9 +181,21 @@ class OpenAIEmbedder(Embedder):
 
     metered = True
 
-    def __init__(self, provider: str, name: str, *, api_key: str, base_url: str | None = None) -> None:
+    def __init__(
+        self,
+        provider: str,
+        name: str,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        prices: Mapping[str, Any] | None = None,
+        max_retries: int = 2,
+        timeout: float = 600.0,
+    ) -> None:
         self.provider, self.name = provider, name
         self.api_key, self.base_url = api_key, base_url
+        self.prices = prices  # VM_PRICES overrides
+        self.max_retries, self.timeout = max_retries, timeout
         self.model_string = f"{provider}:{name}"
 
     async def embed(self, texts: Sequence[str]) -> Embeddings:
@@ -185,7 +203,10 @@ class OpenAIEmbedder(Embedder):
             return Embeddings([], model=self.model_string)
         import openai
 
-        client = openai.AsyncOpenAI(api_key=self.api_key, base_url=self.base_url, max_retries=2)
+        # the SDK retries 429 (after Retry-After), 5xx and lost connections itself
+        client = openai.AsyncOpenAI(
+            api_key=self.api_key, base_url=self.base_url, max_retries=self.max_retries, timeout=self.timeout
+        )
         vectors: list[list[float]] = []
         tokens = 0
         try:
@@ -195,7 +216,7 @@ class OpenAIEmbedder(Embedder):
                 # the protocol carries an index per vector; a server may answer out of order
                 rows = sorted(response.data, key=lambda d: d.index)
                 if len(rows) != len(batch):
-                    raise StepError(
+                    raise ProviderError(
                         f"{self.model_string} returned {len(rows)} embeddings for {len(batch)} texts",
                         hint="the server does not speak the embeddings protocol correctly",
                     )
@@ -206,7 +227,8 @@ class OpenAIEmbedder(Embedder):
             raise self._translate(e) from e
         finally:
             await client.close()
-        return Embeddings(vectors, tokens=tokens, cost_usd=_cost(self.model_string, tokens), model=self.model_string)
+        cost = _cost(self.model_string, tokens, self.prices)
+        return Embeddings(vectors, tokens=tokens, cost_usd=cost, model=self.model_string)
 
     def _translate(self, e: Exception) -> Exception:
         import openai
@@ -218,23 +240,31 @@ class OpenAIEmbedder(Embedder):
                 f"{where} refused the API key for {self.model_string} ({e.status_code})",
                 hint=f"check {key_var}",
             )
-        if isinstance(e, openai.NotFoundError | openai.BadRequestError | openai.UnprocessableEntityError):
-            error = StepError(
+        if isinstance(e, openai.BadRequestError | openai.UnprocessableEntityError):
+            return ProviderError(
+                f"{self.model_string} refused the request: {_api_message(e)}",
+                hint="a text may be longer than the model takes: split long texts with chunk: {size: 2000}",
+                retryable=False,
+            )
+        if isinstance(e, openai.NotFoundError):
+            return ProviderError(
                 f"{self.model_string}: {_api_message(e)}",
                 hint=f"check the embedding model name; the server at {where} may not serve {self.name!r}",
+                retryable=False,
             )
-            error.retryable = False
-            return error
         if isinstance(e, openai.RateLimitError):
-            return StepError(f"{self.model_string} is rate limited (429) after retries", hint="retry later")
+            return RateLimited(f"{self.model_string} is rate limited (429) after retries", hint="retry later")
         if isinstance(e, openai.APIConnectionError):
-            return StepError(
+            return ProviderError(
                 f"could not reach the embeddings endpoint at {where}: {e}",
                 hint="check OPENAI_BASE_URL / VM_COMPATIBLE_BASE_URL and that the server is running",
             )
         if isinstance(e, openai.APIStatusError):
-            return StepError(f"{self.model_string} failed ({e.status_code}): {_api_message(e)}")
-        return StepError(f"{self.model_string} failed: {e}")
+            return ProviderError(
+                f"{self.model_string} failed ({e.status_code}): {_api_message(e)}",
+                retryable=e.status_code >= 500,
+            )
+        return ProviderError(f"{self.model_string} failed: {e}")
 
 
 def _api_message(e: Any) -> str:
@@ -246,21 +276,14 @@ def _api_message(e: Any) -> str:
     return str(getattr(e, "message", e))
 
 
-def _cost(model_string: str, tokens: int) -> float:
-    """Dollars for ``tokens`` input tokens, from the price table when the cost module has one."""
+def _cost(model_string: str, tokens: int, prices: Mapping[str, Any] | None = None) -> float:
+    """Dollars for ``tokens`` input tokens by the price table (``prices.json`` + ``VM_PRICES``)."""
     if not tokens:
         return 0.0
-    try:
-        from velocitymesh.agents import cost  # written beside this module; optional until it lands
-    except ImportError:
-        return 0.0
-    fn = getattr(cost, "cost_usd", None)
-    if fn is None:
-        return 0.0
-    try:
-        return float(fn(model_string, tokens, 0))
-    except Exception:  # an unpriced model costs 0 rather than failing the embedding
-        return 0.0
+    from velocitymesh.agents.cost import cost_usd
+    from velocitymesh.agents.providers.base import Usage
+
+    return cost_usd(model_string, Usage(input_tokens=tokens), prices or None)
 
 
 # --- choosing ------------------------------------------------------------------------------------
@@ -307,23 +330,43 @@ def get_embedder(model: str, settings: Settings) -> Embedder:
                 f"{model} needs OPENAI_API_KEY",
                 hint="export OPENAI_API_KEY=…, or use VM_EMBEDDING_MODEL=local (offline) or hash (tests)",
             )
-        return OpenAIEmbedder("openai", name, api_key=key)
-    base_url = getattr(settings, "compatible_base_url", None) or os.environ.get("VM_COMPATIBLE_BASE_URL")
+        return OpenAIEmbedder("openai", name, api_key=key, **_client_options(settings))
+    base_url = settings.compatible_base_url
     if not base_url:
         raise ConfigurationError(
             f"{model} needs the server's URL",
             hint="set VM_COMPATIBLE_BASE_URL, e.g. http://localhost:11434/v1 for Ollama",
         )
-    key = getattr(settings, "compatible_api_key", None) or os.environ.get("VM_COMPATIBLE_API_KEY") or "unused"
-    return OpenAIEmbedder("compatible", name, api_key=key, base_url=str(base_url))
+    key = settings.compatible_api_key or "unused"  # local servers take any key
+    return OpenAIEmbedder("compatible", name, api_key=key, base_url=base_url, **_client_options(settings))
+
+
+def _client_options(settings: Settings) -> dict[str, Any]:
+    return {"prices": settings.prices, "max_retries": settings.llm_retries, "timeout": settings.llm_timeout}
 
 
 async def embed_texts(embedder: Embedder, texts: Sequence[str], *, budget: Budget | None = None) -> Embeddings:
-    """Embed ``texts``; a metered embedder first holds its worst case against ``budget``."""
+    """Embed ``texts``. A metered embedder first holds its worst case against ``budget`` at every
+    level (nothing is sent when it does not fit), then charges the tokens the server reports —
+    or the worst case, when it reports none."""
     if budget is None or not embedder.metered or not texts:
         return await embedder.embed(texts)
+    from velocitymesh.agents.cost import price
+
+    ms, prices = embedder.model_string, getattr(embedder, "prices", None)
+    if price(ms, prices or None) is None:
+        limited = [b for b in budget.chain() if b.usd is not None]
+        if limited:
+            raise BudgetExceeded(
+                f"the {limited[0].label} has a budget of ${limited[0].usd:g} but no price is known for {ms}, so "
+                "the budget cannot be guaranteed; nothing was sent",
+                hint=f'add its price: VM_PRICES=\'{{"{ms}": {{"input": 0.02, "output": 0}}}}\' (USD per million '
+                "tokens), or give a tokens budget instead",
+            )
     worst = embedder.worst_tokens(texts)
-    with budget.hold(worst, _cost(embedder.model_string, worst)) as charge:
+    with budget.hold(worst, _cost(ms, worst, prices)) as charge:
         result = await embedder.embed(texts)
+        if result.tokens == 0:  # a server that reports no usage is charged what it could have used
+            result.tokens, result.cost_usd = worst, _cost(ms, worst, prices)
         charge.settle(result.tokens, result.cost_usd)
     return result

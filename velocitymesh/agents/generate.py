@@ -49,7 +49,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Validate = Callable[[Any], "tuple[Workflow | None, list[Problem]]"]
+Validate = Callable[[Any], tuple[Workflow | None, list[Problem]]]
 Source = Literal["model", "offline"]
 
 MAX_REPAIRS = 3
@@ -141,11 +141,12 @@ def configured_model(settings: Settings | None = None) -> str | None:
 
 
 def _resolve_model(model: Model | str, settings: Settings | None) -> Model:
+    from velocitymesh.agents.providers import get_model
+    from velocitymesh.settings import get_settings
+
     if isinstance(model, Model):
         return model
-    from velocitymesh.agents.providers import get_model
-
-    return get_model(model, settings)
+    return get_model(model, settings if settings is not None else get_settings())
 
 
 # --- the prompt ----------------------------------------------------------------------------
@@ -317,18 +318,24 @@ async def generate(
     if offline or model is None:
         return _offline(request, validate=validate, catalogue=catalogue, current=current, settings=settings)
     resolved = _resolve_model(model, settings)
-    return await _with_model(
-        request,
-        resolved,
-        validate=validate,
-        catalogue=catalogue,
-        current=current,
-        budget=budget if budget is not None else Budget(label="generation"),
-        examples=examples,
-        max_repairs=max_repairs,
-        max_tokens=max_tokens,
-        on_token=on_token,
-    )
+    try:
+        return await _with_model(
+            request,
+            resolved,
+            validate=validate,
+            catalogue=catalogue,
+            current=current,
+            budget=budget,
+            examples=examples,
+            max_repairs=max_repairs,
+            max_tokens=max_tokens,
+            on_token=on_token,
+        )
+    finally:
+        if resolved is not model:  # made here from a model string: its client is ours to close
+            from velocitymesh.agents.providers import close_model
+
+            await close_model(resolved)
 
 
 async def _with_model(
@@ -338,7 +345,7 @@ async def _with_model(
     validate: Validate,
     catalogue: Sequence[Mapping[str, Any]],
     current: Workflow | None,
-    budget: Budget,
+    budget: Budget | None,
     examples: Sequence[str] | None,
     max_repairs: int,
     max_tokens: int,

@@ -30,6 +30,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 FILTER_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 MEMORY_FILE = "memory.duckdb"
 FilterValue = str | int | float | bool
+_SPACE = re.compile(r"\s+")
 
 
 @dataclass
@@ -211,7 +213,7 @@ def missing_collection(collection: str, known: Sequence[str]) -> NotFoundError:
     )
 
 
-def _now() -> str:
+def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -220,6 +222,9 @@ def _now() -> str:
 T = TypeVar("T")
 _FILE_LOCKS: dict[str, threading.Lock] = {}
 _FILE_LOCKS_GUARD = threading.Lock()
+_LOOP_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
 # another process (the server, a worker, the CLI) may have the file open: wait this long for it
 _BUSY_WAIT = 15.0
 _ROW_TYPE = json.dumps([{
@@ -233,6 +238,11 @@ def _file_lock(path: Path) -> threading.Lock:
     key = str(path.resolve())
     with _FILE_LOCKS_GUARD:
         return _FILE_LOCKS.setdefault(key, threading.Lock())
+
+
+def _loop_lock(path: Path) -> asyncio.Lock:
+    locks = _LOOP_LOCKS.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(str(path.resolve()), asyncio.Lock())
 
 
 class DuckDBMemory:
@@ -253,13 +263,18 @@ class DuckDBMemory:
     # -- plumbing
 
     async def _do(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        return await asyncio.to_thread(self._locked, work)
+        # queue on the event loop first, so waiting steps do not each hold an executor thread
+        async with _loop_lock(self.path):
+            return await asyncio.to_thread(self._locked, work)
 
     def _locked(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         import duckdb
 
         with _file_lock(self.path):
-            con = self._connect()
+            try:
+                con = self._connect()
+            except duckdb.Error as e:
+                raise StepError(f"vector memory ({self.path}): {e}") from e
             try:
                 return work(con)
             except duckdb.Error as e:
@@ -271,7 +286,7 @@ class DuckDBMemory:
         import duckdb
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        config = {
+        config: dict[str, str | bool | int | float | list[str]] = {
             "enable_external_access": False,
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
@@ -284,18 +299,24 @@ class DuckDBMemory:
                 con = duckdb.connect(str(self.path), config=config)
                 break
             except duckdb.IOException as e:
-                if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                busy = "lock" in str(e).lower()
+                if not busy or time.monotonic() > deadline:
                     raise StepError(
                         f"cannot open the vector memory file {self.path}: {e}",
-                        hint="another process keeps it open; retry when it is done",
+                        hint="another process keeps it open; retry when it is done" if busy
+                        else "check that VM_HOME is a writable folder",
                     ) from e
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
-        con.execute(
-            "CREATE TABLE IF NOT EXISTS vm_collections (name VARCHAR PRIMARY KEY, dim INTEGER NOT NULL, "
-            "model VARCHAR, created_at VARCHAR)"
-        )
-        con.execute("CREATE SEQUENCE IF NOT EXISTS vm_memory_seq")
+        try:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS vm_collections (name VARCHAR PRIMARY KEY, dim INTEGER NOT NULL, "
+                "model VARCHAR, created_at VARCHAR)"
+            )
+            con.execute("CREATE SEQUENCE IF NOT EXISTS vm_memory_seq")
+        except BaseException:
+            con.close()
+            raise
         return con
 
     @staticmethod
@@ -332,7 +353,7 @@ class DuckDBMemory:
         latest: dict[tuple[str, str], MemoryRecord] = {}
         for r in records:  # the same id twice in one write: the last one wins
             latest[(r.id, r.run_id or "")] = r
-        created = _now()
+        created = utc_now()
         rows = json.dumps([
             {
                 "id": r.id, "run_id": r.run_id or "", "text": r.text, "metadata": json.dumps(r.metadata),
@@ -500,10 +521,8 @@ def _filter_sql(conditions: dict[str, FilterValue]) -> tuple[str, dict[str, Any]
 
 def open_memory(settings: Settings) -> MemoryStore:
     """The store the settings choose: Pinecone when configured (or asked for), else DuckDB."""
-    backend = getattr(settings, "memory_backend", "auto")
-    key = os.environ.get("PINECONE_API_KEY")
-    index = getattr(settings, "pinecone_index", None)
-    host = getattr(settings, "pinecone_host", None)
+    backend, index, host = settings.memory_backend, settings.pinecone_index, settings.pinecone_host
+    key = os.environ.get("PINECONE_API_KEY")  # the SDK's own variable, like OPENAI_API_KEY
     if backend == "pinecone" or (backend == "auto" and key and (index or host)):
         if not key:
             raise ConfigurationError(
@@ -604,9 +623,9 @@ async def compare_runs(store: MemoryStore, collection: str, run_a: str, run_b: s
 
 
 def chunk_text(text: str, size: int, overlap: int = 0) -> list[str]:
-    """Split ``text`` into pieces of at most ``size`` characters, each starting ``overlap``
-    characters before the previous one ended; cuts fall on whitespace when one is in the
-    second half of the window."""
+    """Split ``text`` into pieces of at most ``size`` characters, each repeating about ``overlap``
+    characters of the previous one. Cuts fall on whitespace when there is some in the second
+    half of the window, and an overlap starts at a word, so words are not split."""
     if size < 1 or not 0 <= overlap < size:
         raise UsageError(f"chunk size {size} / overlap {overlap}: need size ≥ 1 and 0 ≤ overlap < size")
     text = text.strip()
@@ -616,8 +635,8 @@ def chunk_text(text: str, size: int, overlap: int = 0) -> list[str]:
     start = 0
     while start < len(text):
         end = min(start + size, len(text))
-        if end < len(text):
-            cut = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
+        if end < len(text) and not text[end].isspace():
+            cut = max((m.start() for m in _SPACE.finditer(text, start, end)), default=-1)
             if cut > start + size // 2:
                 end = cut
         piece = text[start:end].strip()
@@ -625,5 +644,10 @@ def chunk_text(text: str, size: int, overlap: int = 0) -> list[str]:
             chunks.append(piece)
         if end >= len(text):
             break
-        start = max(end - overlap, start + 1)
+        following = max(end - overlap, start + 1)
+        if overlap and following < end and not text[following - 1].isspace():
+            word = _SPACE.search(text, following, end)
+            if word is not None:
+                following = word.end()
+        start = following
     return chunks

@@ -27,6 +27,7 @@ import functools
 import importlib
 import inspect
 import json
+import math
 import re
 import typing
 from collections.abc import Awaitable, Callable, Mapping
@@ -82,7 +83,7 @@ class Tool:
     description: str
     parameters: dict[str, Any]
     fn: ToolFn
-    timeout: float | None = None  # None: the agent's default tool timeout
+    timeout: float | None = None  # seconds; None: the agent's default tool timeout; math.inf: none
     _validator: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -146,7 +147,9 @@ def tool_from_function(
         if p.kind is p.POSITIONAL_ONLY:
             positional.append(p.name)
         default = ... if p.default is p.empty else p.default
-        fields[p.name] = (hints.get(p.name, Any), Field(default, description=param_docs.get(p.name)))
+        # description=None would hide one given with Annotated[..., Field(description=…)]
+        info = Field(default, description=param_docs[p.name]) if p.name in param_docs else Field(default)
+        fields[p.name] = (hints.get(p.name, Any), info)
     try:
         model = create_model(  # type: ignore[call-overload]
             f"{tool_name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
@@ -439,8 +442,12 @@ def search_memory_tool(settings: Settings, *, collection: str = "default", k: in
     )
 
 
-def run_workflow_tool(run_workflow: RunWorkflow, *, budget: Any = None, timeout: float | None = None) -> Tool:
-    """``run_workflow(name, inputs)``: run a saved workflow as a child run (spending from ``budget``)."""
+def run_workflow_tool(run_workflow: RunWorkflow, *, budget: Any = None, timeout: float = math.inf) -> Tool:
+    """``run_workflow(name, inputs)``: run a saved workflow as a child run (spending from ``budget``).
+
+    No tool timeout by default: giving up the wait would leave the child running unobserved;
+    the step's own timeout bounds it.
+    """
 
     async def call(name: str, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
         child = await run_workflow(name, inputs or {}, budget=budget)

@@ -271,7 +271,10 @@ def run(
         if engine_name not in ("local", "prefect"):
             _fail(f"unknown engine {engine_name!r}", "use --engine local or --engine prefect", code=2)
         if engine_name == "prefect":
-            _fail("the Prefect engine is not available in this version", "use --engine local")
+            from velocitymesh.cli.prefect import run_with_prefect
+
+            run_with_prefect(target, values, version=version, as_json=as_json)
+            return
         ws = _Workspace()
         path = Path(target)
         spec = _load_spec(path) if path.suffix in (".yaml", ".yml", ".json") or path.exists() else None

@@ -24,6 +24,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from velocitymesh.agents.budget import Budget
 from velocitymesh.errors import (
     StepCancelled,
     StepError,
@@ -84,7 +85,8 @@ def cache_key(step: Step, rendered: Any, upstream: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _retryable(exc: BaseException) -> bool:
+def is_retryable(exc: BaseException) -> bool:
+    """Whether another attempt may succeed where ``exc`` ended this one (both engines ask this)."""
     if isinstance(exc, StepError):
         return exc.retryable
     # a usage error will fail the same way again; an unexpected exception in a step is worth another try
@@ -111,7 +113,7 @@ async def _attempts(kind: StepKind, step: Step, config: Any, ctx: StepContext, t
     retrying = AsyncRetrying(
         stop=stop_after_attempt(step.retries.count + 1),
         wait=_wait(step),
-        retry=retry_if_exception(lambda e: _retryable(e) and not ctx.cancel.is_set()),
+        retry=retry_if_exception(lambda e: is_retryable(e) and not ctx.cancel.is_set()),
         before_sleep=log_retry,
         reraise=True,
     )
@@ -201,8 +203,15 @@ async def execute_step(
             outcome.status = "cancelled"
         outcome.error, outcome.exception = error_record(exc), exc
         outcome.attempts = max(outcome.attempts, ctx.attempt)
+        # what the step gathered before failing (an agent's trace) stays on its record
+        if isinstance(getattr(exc, "details", None), dict):
+            outcome.details = {**outcome.details, **exc.details}  # type: ignore[union-attr]
         if not isinstance(exc, VelocityMeshError):
             log.debug("step %s raised", step.id, exc_info=exc)
+    if isinstance(ctx.budget, Budget):
+        # the step's budget saw every model call, failed attempts and repairs included
+        outcome.cost_usd = max(outcome.cost_usd, ctx.budget.spent_usd)
+        outcome.tokens = max(outcome.tokens, ctx.budget.spent_tokens)
     return outcome
 
 
@@ -224,17 +233,22 @@ class _ItemResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-async def _render_and_run(
-    kind: StepKind, step: Step, context: dict[str, Any], ctx: StepContext, timeout: float,
-    cache: Any, max_template_bytes: int,
-) -> _ItemResult:
+def render_config(kind: StepKind, step: Step, context: dict[str, Any], max_template_bytes: int) -> Any:
+    """The step's ``with:`` rendered against ``context`` (raw fields of the kind left as written)."""
     if kind.raw:
         raw = {k: v for k, v in step.with_.items() if k in kind.raw}
         rendered = templating.render({k: v for k, v in step.with_.items() if k not in kind.raw}, context,
                                      max_bytes=max_template_bytes)
         rendered.update(raw)
-    else:
-        rendered = templating.render(step.with_, context, max_bytes=max_template_bytes)
+        return rendered
+    return templating.render(step.with_, context, max_bytes=max_template_bytes)
+
+
+async def _render_and_run(
+    kind: StepKind, step: Step, context: dict[str, Any], ctx: StepContext, timeout: float,
+    cache: Any, max_template_bytes: int,
+) -> _ItemResult:
+    rendered = render_config(kind, step, context, max_template_bytes)
     try:
         config = kind.config.model_validate(rendered)
     except ValidationError as e:

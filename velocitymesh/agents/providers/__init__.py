@@ -101,11 +101,17 @@ def register_provider(name: str, factory: ProviderFactory, *, capabilities: Capa
     if capabilities is None:
         caps = _family(name)
     elif isinstance(capabilities, Capabilities):
-        fixed = capabilities
-        caps = lambda _name: fixed  # noqa: E731
+        caps = _fixed(capabilities)
     else:
         caps = capabilities
     _providers[name] = _Provider(factory, caps)
+
+
+def _fixed(caps: Capabilities) -> Callable[[str], Capabilities]:
+    def lookup(_name: str) -> Capabilities:
+        return caps
+
+    return lookup
 
 
 def providers() -> list[str]:

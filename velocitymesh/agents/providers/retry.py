@@ -120,5 +120,7 @@ def _final(e: ProviderError, what: str, attempts: int, max_wait: float, started:
             hint="wait and run again, run fewer model steps at once, or raise VM_LLM_RETRIES",
             retryable=True, retry_after=e.retry_after,
         )
-    return type(e)(f"{e.message} (gave up after {attempts} attempt(s))", hint=e.hint, retryable=True,
+    if attempts <= 1:
+        return e
+    return type(e)(f"{e.message} (gave up after {attempts} attempts)", hint=e.hint, retryable=True,
                    retry_after=e.retry_after)

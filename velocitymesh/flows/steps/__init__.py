@@ -17,7 +17,7 @@ __all__ = ["StepConfig", "StepContext", "StepKind", "StepResult", "get_kind", "k
 log = logging.getLogger(__name__)
 
 BUILTIN = (
-    "python", "http", "sql", "transform", "branch", "workflow", "approval", "agent",
+    "python", "http", "sql", "transform", "branch", "workflow", "approval", "llm", "agent", "embed", "search",
 )
 
 _registry: dict[str, StepKind] = {}

@@ -104,7 +104,7 @@ def _capability_problems(model: str) -> list[tuple[str, str, str]]:
 
 
 async def run(config: Config, ctx: StepContext) -> StepResult:
-    from velocitymesh.agents.providers import get_model
+    from velocitymesh.agents.providers import close_model, get_model
 
     model_string = config.model or _default_model(ctx.settings)
     if not model_string:
@@ -138,6 +138,8 @@ async def run(config: Config, ctx: StepContext) -> StepResult:
         details.update(_details(model_string, details.get("trace", []), "error", children))
         e.details = details  # type: ignore[attr-defined]
         raise
+    finally:
+        await close_model(model)
     details = _details(model_string, result.turns, result.stopped_reason, children)
     if result.stopped_reason == "max_turns":
         error = StepError(

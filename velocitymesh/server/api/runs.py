@@ -1,0 +1,176 @@
+"""``/runs``: start (in-process or through Prefect), list, read with steps, cancel, resume,
+approve or reject an approval step.
+
+Starting answers at once (202) with the run as recorded; ``wait`` (seconds) holds the
+answer until the run finishes or waits for a person, for scripts that want the result in
+one call. Resume and approval continue the run in the background the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+
+from velocitymesh.errors import ConflictError, NotFoundError
+from velocitymesh.server import integrations
+from velocitymesh.server.api.deps import Editor, ServicesDep, Viewer, not_in_workspace
+from velocitymesh.server.auth import AuthUser
+from velocitymesh.server.schemas.runs import DecisionIn, ResumeIn, RunIn, RunOut, RunStatus
+from velocitymesh.server.services import Services
+from velocitymesh.workspace import store
+from velocitymesh.workspace.spec import SLUG_PATTERN, STEP_ID_PATTERN
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+log = logging.getLogger(__name__)
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{6,64}$"
+RunIdPath = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="The run's id (or its first 6+ characters).")]
+StepIdPath = Annotated[str, Path(pattern=STEP_ID_PATTERN, description="The approval step's id.")]
+RUNS_HINT = "GET /api/v1/runs lists the runs of your workspace"
+UNFINISHED = {"queued", "running"}
+
+
+def scoped_run(services: Services, user: AuthUser, run_id: str) -> store.Run:
+    """The run if it belongs to the caller's workspace; the same 404 otherwise."""
+    with services.session() as s:
+        try:
+            run = store.get_run(s, run_id)
+        except NotFoundError:
+            raise not_in_workspace(f"run {run_id!r}", RUNS_HINT) from None
+    if run.workspace != user.workspace_id:
+        raise not_in_workspace(f"run {run_id!r}", RUNS_HINT)
+    return run
+
+
+async def _load(services: Services, user: AuthUser, run_id: str) -> RunOut:
+    return RunOut.of(await asyncio.to_thread(scoped_run, services, user, run_id))
+
+
+async def wait_for_run(services: Services, user: AuthUser, run_id: str, seconds: float) -> None:
+    """Wait up to ``seconds`` for a run executing in this process to finish or start waiting."""
+    if seconds <= 0:
+        return
+    engine = services.engine_for(user.workspace_name)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(engine.wait(run_id)), seconds)
+
+
+async def in_background(services: Services, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """Run an engine action as a task and raise here what it raises before its first pause.
+
+    The engine's resume/approve check the run and launch it synchronously before they await
+    the result, so one turn of the loop is enough to see a ConflictError or NotFoundError.
+    """
+    task = asyncio.ensure_future(coro)
+    await asyncio.sleep(0)
+    if task.done():
+        task.result()
+    services.background.add(task)
+
+    def finished(t: asyncio.Task[Any]) -> None:
+        services.background.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("a background run action failed", exc_info=t.exception())
+
+    task.add_done_callback(finished)
+    return task
+
+
+@router.post("", status_code=202, summary="Start a run of a saved workflow")
+async def start_run(body: RunIn, user: Editor, services: ServicesDep) -> RunOut:
+    def version() -> store.WorkflowVersion:
+        with services.session() as s:
+            return store.get_version(s, user.workspace_id, body.workflow, body.version)
+
+    v = await asyncio.to_thread(version)
+    if body.engine == "prefect":
+        run_id = await integrations.start_prefect_run(services, user, v, body.inputs)
+    else:
+        engine = services.engine_for(user.workspace_name)
+        run_id = await engine.start(v.spec, body.inputs, version=v.number, workflow_id=v.workflow_id or None)
+        await wait_for_run(services, user, run_id, body.wait)
+    return await _load(services, user, run_id)
+
+
+@router.get("", summary="The newest runs, optionally of one workflow or status")
+def list_runs(
+    user: Viewer, services: ServicesDep,
+    workflow: Annotated[str | None, Query(pattern=SLUG_PATTERN)] = None,
+    status: RunStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[RunOut]:
+    with services.session() as s:
+        runs = store.list_runs(s, user.workspace_id, workflow=workflow, status=status, limit=limit)
+    return [RunOut.of(r) for r in runs]
+
+
+@router.get("/{run_id}", summary="A run with every step record")
+async def get_run(run_id: RunIdPath, user: Viewer, services: ServicesDep) -> RunOut:
+    return await _load(services, user, run_id)
+
+
+@router.post("/{run_id}/cancel", status_code=202, summary="Cancel a run")
+async def cancel_run(run_id: RunIdPath, user: Editor, services: ServicesDep) -> RunOut:
+    run = await asyncio.to_thread(scoped_run, services, user, run_id)
+    engine = services.engine_for(user.workspace_name)
+    if engine.cancel(run.id):
+        await wait_for_run(services, user, run.id, 10.0)
+    elif run.engine == "prefect" and run.status in UNFINISHED | {"waiting"}:
+        await integrations.cancel_prefect_run(services, run)
+    elif run.status in ("queued", "waiting"):
+        await asyncio.to_thread(_cancel_stored, services, run)
+    elif run.status == "running":
+        raise ConflictError(f"run {run.id} is running in another server process",
+                            hint="cancel it from the machine running it, or wait for it to be marked crashed")
+    else:
+        raise ConflictError(f"run {run.id} is {run.status} already; only unfinished runs can be cancelled")
+    return await _load(services, user, run.id)
+
+
+def _cancel_stored(services: Services, run: store.Run) -> None:
+    """Cancel a run nobody is executing (queued, or suspended waiting for approval)."""
+    from velocitymesh.flows.recorder import now
+
+    with services.session() as s:
+        error = {"type": "Cancelled", "message": "the run was cancelled"}
+        store.update_run(s, run.id, status="cancelled", finished_at=now(), error=error)
+        open_steps = [sid for sid, st in run.steps.items() if st.status in ("waiting", "pending", "running")]
+        store.record_steps(s, run.id, [{"step_id": sid, "status": "cancelled", "finished_at": now()}
+                                       for sid in open_steps])
+
+
+@router.post("/{run_id}/resume", status_code=202, summary="Re-run a failed, crashed, cancelled or waiting run")
+async def resume_run(run_id: RunIdPath, body: ResumeIn, user: Editor, services: ServicesDep) -> RunOut:
+    run = await asyncio.to_thread(scoped_run, services, user, run_id)
+    engine = services.engine_for(user.workspace_name)
+    await in_background(services, engine.resume(run.id, version=body.version))
+    await wait_for_run(services, user, run.id, body.wait)
+    return await _load(services, user, run.id)
+
+
+async def _decide(run_id: str, step_id: str, body: DecisionIn, user: AuthUser, services: Services,
+                  approved: bool) -> RunOut:
+    run = await asyncio.to_thread(scoped_run, services, user, run_id)
+    engine = services.engine_for(user.workspace_name)
+    await in_background(
+        services, engine.approve(run.id, step_id, approved=approved, by=user.username, comment=body.comment)
+    )
+    await wait_for_run(services, user, run.id, body.wait)
+    return await _load(services, user, run.id)
+
+
+@router.post("/{run_id}/steps/{step_id}/approve", status_code=202, summary="Approve a waiting approval step")
+async def approve_step(run_id: RunIdPath, step_id: StepIdPath, body: DecisionIn, user: Editor,
+                       services: ServicesDep) -> RunOut:
+    return await _decide(run_id, step_id, body, user, services, True)
+
+
+@router.post("/{run_id}/steps/{step_id}/reject", status_code=202, summary="Reject a waiting approval step")
+async def reject_step(run_id: RunIdPath, step_id: StepIdPath, body: DecisionIn, user: Editor,
+                      services: ServicesDep) -> RunOut:
+    return await _decide(run_id, step_id, body, user, services, False)
