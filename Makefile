@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job on the embedded defaults: SQLite + in-process bus + DuckDB under ./.velocitymesh
+# The main job on the embedded defaults: SQLite + in-process bus + DuckDB under ./.velocitymesh —
+# the dashboard and API on http://127.0.0.1:8080 (a demo workspace and the admin login on first start)
 run: install
-	$(BIN)/velocitymesh demo
+	$(BIN)/velocitymesh up
 
 # OS packages the tests use: bubblewrap (python-step sandbox) and Chromium (the dashboard's
 # browser tests, driven by Playwright; its own browser download does not work everywhere).

@@ -87,7 +87,10 @@ def serve(port: int, home: Path) -> None:
     with services.session() as s:
         for spec in specs:
             store.save_workflow(s, services.workspace.id, spec, author="bench")
-    add_applications({"/bench-bare": bare_page}, app=app, title="Bare page")
+    from velocitymesh.server.dashboard import SESSION_KEEP_MS
+
+    add_applications({"/bench-bare": bare_page}, app=app, title="Bare page",
+                     unused_session_lifetime_milliseconds=SESSION_KEEP_MS)
 
     async def main() -> None:
         for spec in specs:

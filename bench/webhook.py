@@ -15,7 +15,8 @@ measurement, so their timestamps are inside the server's window. The server is `
 in its own process (one uvicorn worker, VM_ENV=production, SQLite in a fresh VM_HOME, or Postgres
 with --postgres); the load comes from wrk when installed (else an asyncio httpx pool), at 10 and at
 100 connections for 30 s each. After each measurement the store is asked for the runs: every 2xx
-answer must have its succeeded run.
+answer must have its succeeded run (there may be up to one more per connection: requests in flight
+when the load generator stopped counting, which the server still ran).
 
 Target (issue 5): at least twice n8n's throughput, and p95 <= 50 ms at 10 connections.
 

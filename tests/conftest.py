@@ -18,7 +18,7 @@ PG_ADMIN_URL = os.environ.get("VM_TEST_POSTGRES_URL", "postgresql+psycopg://post
 REDIS_URL = os.environ.get("VM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # Any real model call fails: the SDKs would have to reach these addresses, which refuse.
-for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "PINECONE_API_KEY"):
+for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "PINECONE_API_KEY", "DATABASE_URL", "REDIS_URL"):
     os.environ.pop(var, None)
 os.environ["OPENAI_BASE_URL"] = "http://127.0.0.1:9/blocked-by-tests"
 os.environ["ANTHROPIC_BASE_URL"] = "http://127.0.0.1:9/blocked-by-tests"

@@ -11,7 +11,7 @@ import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -22,11 +22,16 @@ class Settings(BaseSettings):
         "development", description="`production` refuses to start without VM_SECRET_KEY and a sandbox."
     )
     home: Path = Field(Path(".velocitymesh"), description="Folder for the SQLite database, key file, artefacts.")
+    # DATABASE_URL / REDIS_URL too: what `fly postgres attach` and `fly redis create` set
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default sqlite:///$VM_HOME/velocitymesh.db. "
-        "Postgres: postgresql+psycopg://user:pass@host/db"
+        None, validation_alias=AliasChoices("VM_DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="SQLAlchemy URL (DATABASE_URL is read too); default sqlite:///$VM_HOME/velocitymesh.db. "
+        "Postgres: postgresql+psycopg://user:pass@host/db (postgres:// is accepted)"
     )
-    redis_url: str | None = Field(None, description="Redis URL for the event bus; unset = in-process bus.")
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("VM_REDIS_URL", "REDIS_URL", "redis_url"),
+        description="Redis URL for the event bus (REDIS_URL is read too); unset = in-process bus.",
+    )
     secret_key: str | None = Field(
         None, description="Fernet key encrypting secrets at rest; generated into $VM_HOME/secret.key when unset "
         "(outside production)."

@@ -222,3 +222,38 @@ async def test_stale_runs_are_swept_crashed_in_store_and_prefect(prefect_env: An
     async with get_client() as client:
         state = (await client.read_flow_run(flow_run.id)).state
     assert state is not None and state.is_crashed()
+
+
+def test_a_flow_run_or_a_schedule_slot_claims_its_run_once(settings: Any) -> None:
+    """The run id comes from the flow run — or from its schedule slot — so a second claim of it is
+    refused while the run is live or done, and resumes it once it failed or crashed."""
+    import uuid
+    from datetime import UTC, datetime, timezone
+    from types import SimpleNamespace
+
+    from velocitymesh.flows.engine import Engine
+    from velocitymesh.flows.prefect import _claim_run, compile_workflow, run_id_of
+    from velocitymesh.workspace import store
+
+    deployment = uuid.uuid4()
+    slot = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    first = SimpleNamespace(id=uuid.uuid4(), auto_scheduled=True, deployment_id=deployment, expected_start_time=slot)
+    twin = SimpleNamespace(id=uuid.uuid4(), auto_scheduled=True, deployment_id=deployment,
+                           expected_start_time=slot.astimezone(timezone(timedelta(hours=1))))
+    manual = SimpleNamespace(id=uuid.uuid4(), auto_scheduled=False, deployment_id=deployment, expected_start_time=slot)
+    assert run_id_of(first) == run_id_of(twin) != run_id_of(manual) == manual.id.hex
+
+    engine = Engine(settings)
+    compiled = compile_workflow(Workflow.model_validate(
+        {"name": "claims", "steps": [{"id": "a", "kind": "transform", "with": {"value": 1}}]}))
+    run_id = run_id_of(first)
+    assert _claim_run(engine, compiled, run_id, first.id, {}, None, None) == ({}, {}, False)
+    refused = _claim_run(engine, compiled, run_id, twin.id, {}, None, None)
+    assert isinstance(refused, str) and "runs once" in refused
+    with store.session_scope(engine.sf) as s:
+        store.update_run(s, run_id, status="crashed")
+        store.record_steps(s, run_id, [{"step_id": "a", "status": "succeeded", "output": 1}])
+    prior, _decisions, resumed = _claim_run(engine, compiled, run_id, twin.id, {}, None, None)  # type: ignore[misc]
+    assert resumed and list(prior) == ["a"]
+    with store.session_scope(engine.sf) as s:
+        assert store.get_run(s, run_id).prefect_flow_run_id == str(twin.id)

@@ -104,6 +104,9 @@ def test_deploy_refuses_what_cannot_run(prefect_env: Any, tmp_path: Path) -> Non
     assert bad_input.exit_code == 1 and "count" in bad_input.output
     missing = cli("deploy", "no-such-workflow")
     assert missing.exit_code == 1 and "no-such-workflow" in missing.output
+    not_saved = cli("run", "no-such-workflow", "--engine", "prefect")  # a message, not a traceback
+    assert not_saved.exit_code == 1 and "no-such-workflow" in not_saved.output
+    assert "Traceback" not in not_saved.output
 
 
 def test_prefect_server_status_names_the_api(prefect_env: Any) -> None:

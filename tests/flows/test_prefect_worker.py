@@ -8,9 +8,11 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,17 +26,30 @@ pytestmark = [pytest.mark.prefect, pytest.mark.timeout(600)]
 CRASH_BOUND = 30.0  # seconds from killing a worker to its run being marked crashed
 
 
+@dataclass
+class Pair:
+    pool: str
+    workers: list[subprocess.Popen[bytes]]
+
+
 @pytest.fixture(scope="module")
-def worker_pair(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Two `velocitymesh worker` processes serving the same work pool; yields the pool's name."""
+def worker_pair(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """Two `velocitymesh worker` processes serving the same work pool (the crash test kills one: last)."""
     pool = f"pair-{uuid.uuid4().hex[:6]}"
     logs = tmp_path_factory.mktemp("workers")
     procs = [start_worker(prefect_server, pool, logs / f"w{i}.log") for i in (1, 2)]
     for i, p in enumerate(procs, 1):
         wait_worker_started(p, logs / f"w{i}.log")
-    yield pool
+    yield Pair(pool, procs)
     for p in procs:
         stop_worker(p)
+
+
+def parent_pid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid for {pid}")
 
 
 @pytest.fixture
@@ -70,13 +85,14 @@ def stored_run(run_id: str) -> Any:
         return store.get_run(s, run_id)
 
 
-def test_triggered_run_is_executed_by_the_worker(on_pool: Any, worker_pair: str, hit_server: HitServer) -> None:
-    """`velocitymesh run NAME --engine prefect` hands a deployed workflow to a worker; a version saved
-    after deploying is the one that runs (no redeploy)."""
+def test_triggered_run_is_executed_by_the_worker(on_pool: Any, worker_pair: Pair, hit_server: HitServer) -> None:
+    """`velocitymesh run NAME --engine prefect` hands a deployed workflow to a worker. The workers
+    started before the deployment existed (picked up without a restart), and a version saved after
+    deploying is the one that runs (no redeploy)."""
     from velocitymesh.cli import app
     from velocitymesh.flows import prefect_deploy
 
-    settings = on_pool(worker_pair)
+    settings = on_pool(worker_pair.pool)
     name = f"triggered-{uuid.uuid4().hex[:6]}"
     spec: dict[str, Any] = {"name": name, "inputs": {"who": "v1"}, "steps": [
         {"id": "call", "kind": "http", "with": {"url": hit_server.url + "/hit/{{ run.id }}"}},
@@ -103,12 +119,12 @@ def test_triggered_run_is_executed_by_the_worker(on_pool: Any, worker_pair: str,
 
     fr = asyncio.run(flow_run())
     assert fr.state is not None and fr.state.is_completed()
-    assert fr.work_pool_name == worker_pair and fr.infrastructure_pid  # run by a worker, not by this process
+    assert fr.work_pool_name == worker_pair.pool and fr.infrastructure_pid  # run by a worker, not by this process
     assert fr.parameters["workflow"] == name and fr.parameters["version"] is None
     assert hit_server.count("/hit/") == {f"/hit/{run.id}": 1}
 
 
-def test_two_workers_execute_each_flow_run_once(on_pool: Any, worker_pair: str, hit_server: HitServer) -> None:
+def test_two_workers_execute_each_flow_run_once(on_pool: Any, worker_pair: Pair, hit_server: HitServer) -> None:
     """Both workers poll the same pool; every scheduled slot and triggered run executes exactly once."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -121,16 +137,16 @@ def test_two_workers_execute_each_flow_run_once(on_pool: Any, worker_pair: str, 
     from prefect.states import Scheduled
 
     from velocitymesh.flows import prefect_deploy
-    from velocitymesh.flows.prefect import run_id_for
+    from velocitymesh.flows.prefect import run_id_of
 
-    settings = on_pool(worker_pair)
+    settings = on_pool(worker_pair.pool)
     name = f"once-{uuid.uuid4().hex[:6]}"
     save({"name": name, "trigger": {"schedule": {"cron": "0 3 * * *", "timezone": "UTC"}}, "steps": [
         {"id": "call", "kind": "http", "with": {"url": hit_server.url + "/hit/{{ run.id }}"}},
     ]})
     asyncio.run(prefect_deploy.deploy(settings, name))
     d = asyncio.run(prefect_deploy.deploy(settings, name))  # deployed twice: still one run per slot
-    triggered = 4
+    triggered = 3
 
     async def go() -> list[Any]:
         async with get_client() as client:
@@ -153,8 +169,6 @@ def test_two_workers_execute_each_flow_run_once(on_pool: Any, worker_pair: str, 
             return runs
 
     runs = asyncio.run(go())
-    hits = hit_server.count("/hit/")
-    assert hits == {f"/hit/{run_id_for(r.id)}": 1 for r in runs}  # each executed once, none twice
     assert all(r.run_count == 1 for r in runs)
 
     from velocitymesh.settings import get_settings
@@ -162,24 +176,27 @@ def test_two_workers_execute_each_flow_run_once(on_pool: Any, worker_pair: str, 
 
     with store.session_scope(store.open_store(get_settings())) as s:
         ws = store.get_or_create_workspace(s, "default")
-        recorded = store.list_runs(s, ws.id, workflow=name)
-    assert sorted(r.prefect_flow_run_id or "" for r in recorded) == sorted(str(r.id) for r in runs)
-    assert {r.status for r in recorded} == {"succeeded"}
+        recorded = {r.prefect_flow_run_id: r for r in store.list_runs(s, ws.id, workflow=name)}
+    assert sorted(recorded) == sorted(str(r.id) for r in runs)
+    assert {r.status for r in recorded.values()} == {"succeeded"}
+    assert recorded[str(runs[0].id)].id == run_id_of(runs[0])  # the slot's run is keyed by its slot
+    # each executed once, none twice: the workflow's one HTTP call per run, counted by the server
+    assert hit_server.count("/hit/") == {f"/hit/{r.id}": 1 for r in recorded.values()}
 
 
 def test_killed_worker_leaves_the_run_crashed_and_resume_finishes_it(
-    on_pool: Any, prefect_server: PrefectServer, hit_server: HitServer, tmp_path: Path
+    on_pool: Any, worker_pair: Pair, hit_server: HitServer
 ) -> None:
+    """Kill (SIGKILL, by pid) the worker executing a run while a step is in flight: the run is crashed
+    within CRASH_BOUND — in the store and in Prefect — the other worker does not take it up, and
+    `resume` finishes it without calling the step that had succeeded again."""
     from prefect.client.orchestration import get_client
 
     from velocitymesh.flows import prefect_deploy
     from velocitymesh.flows.engine import Engine
     from velocitymesh.flows.prefect import run_id_for
 
-    pool = f"crash-{uuid.uuid4().hex[:6]}"
-    settings = on_pool(pool)
-    log = tmp_path / "worker.log"
-    proc = start_worker(prefect_server, pool, log)
+    settings = on_pool(worker_pair.pool)
     name = f"crashy-{uuid.uuid4().hex[:6]}"
     save({"name": name, "steps": [
         {"id": "first", "kind": "http", "with": {"url": hit_server.url + "/hit/first-{{ run.id }}"}},
@@ -189,7 +206,6 @@ def test_killed_worker_leaves_the_run_crashed_and_resume_finishes_it(
          "with": {"value": "{{ steps.first.output.json.n }}+{{ steps.slow.output.json.n }}"}},
     ]})
     d = asyncio.run(prefect_deploy.deploy(settings, name))
-    wait_worker_started(proc, log)
     flow_run_id = asyncio.run(prefect_deploy.trigger(settings, d))
     run_id = run_id_for(flow_run_id)
 
@@ -203,21 +219,26 @@ def test_killed_worker_leaves_the_run_crashed_and_resume_finishes_it(
     wait_until(slow_is_running, 240, what="step `slow` to be running on the worker")
     assert hit_server.count("/hang/") == {f"/hang/{run_id}": 1}
 
-    os.kill(proc.pid, signal.SIGKILL)  # the worker, by its pid, mid-run
+    async def read_flow_run() -> Any:
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run_id)
+
+    flow_run_pid = int(str(asyncio.run(read_flow_run()).infrastructure_pid).rsplit(":", 1)[-1])
+    [proc] = [w for w in worker_pair.workers if w.pid == parent_pid(flow_run_pid)]
+    os.kill(proc.pid, signal.SIGKILL)  # the worker executing it, by its pid, mid-run
     killed = time.monotonic()
     proc.wait(10)
     crashed = wait_until(lambda: (r := stored_run(run_id)).status == "crashed" and r, CRASH_BOUND,
                          what="the run to be marked crashed")
     took = time.monotonic() - killed
+    # and the flow-run process is gone with its worker (nothing could cancel it any more)
+    wait_until(lambda: not Path(f"/proc/{flow_run_pid}").exists(), 10, what="the flow-run process to exit")
     assert crashed.steps["first"].status == "succeeded" and crashed.steps["slow"].status == "crashed"
     assert "worker" in crashed.error["message"] and "resume" in crashed.error["hint"]
 
-    async def prefect_state() -> Any:
-        async with get_client() as client:
-            return (await client.read_flow_run(flow_run_id)).state
-
-    state = asyncio.run(prefect_state())
-    assert state is not None and state.is_crashed()
+    state = wait_until(lambda: (st := asyncio.run(read_flow_run()).state) is not None and st.is_crashed() and st,
+                       10, what="Prefect to show the flow run crashed")
+    assert "worker" in (state.message or "")
 
     async def resume() -> Any:
         engine = Engine(settings)

@@ -5,18 +5,20 @@ One journey: log in, write a workflow in the editor, watch a validation problem 
 and go away, save it, run it, watch its steps turn green live, open the run, log out —
 plus a viewer who sees no write buttons. Every request the pages make must stay on the
 server (the dashboard works offline). Screenshots of the main pages go to
-``test-artifacts/screenshots/``; ``VM_UPDATE_SCREENSHOT=1`` also refreshes the README's
+``test-artifacts/screenshots/``; ``VM_TEST_UPDATE_SCREENSHOT=1`` also refreshes the README's
 ``docs/screenshot.png``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ TIMEOUT_MS = 30_000
 
 BROKEN = """\
 name: browser-demo
-description: Made in the browser test
+description: "Made in the <b>browser</b> test & co"
 inputs:
   pause: {type: number, default: 0.6}
 steps:
@@ -54,7 +56,7 @@ steps:
 
 FIXED = """\
 name: browser-demo
-description: Made in the browser test
+description: "Made in the <b>browser</b> test & co"
 inputs:
   pause: {type: number, default: 0.6}
 steps:
@@ -103,12 +105,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The real app on uvicorn in a thread: an admin (owner) and a viewer, no workflows."""
+    """The real app on uvicorn in a thread: an admin (owner), a viewer, and the demo workspace
+    (the example workflows, sales-report run once)."""
     _need_browser()
     import uvicorn
 
     from velocitymesh.server.app import create_app
-    from velocitymesh.server.bootstrap import ensure_admin
+    from velocitymesh.server.bootstrap import ensure_admin, seed_demo
     from velocitymesh.workspace import store
 
     port = _free_port()
@@ -119,6 +122,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ensure_admin(services)
     with services.session() as s:
         store.create_user(s, "vera", VIEWER_PASSWORD, services.workspace.id, "viewer")
+    with ThreadPoolExecutor(1) as pool:  # its own loop: Playwright's sync API may hold this thread's
+        assert "sales-report" in pool.submit(asyncio.run, seed_demo(services)).result()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
@@ -202,7 +207,7 @@ def test_the_dashboard_journey(browser: Any, base_url: str) -> None:
         v.shot("login")
 
         v.login("admin", ADMIN_PASSWORD)
-        expect(page.get_by_text("No workflows yet")).to_be_visible()
+        expect(page.get_by_role("link", name="sales-report")).to_be_visible()
 
         # a new workflow: a mistake is reported by path, as you type, and goes away when fixed
         page.get_by_role("button", name="New workflow").click()
@@ -234,7 +239,7 @@ def test_the_dashboard_journey(browser: Any, base_url: str) -> None:
             expect(page.locator(f'g.node[data-step="{step}"][data-status="succeeded"]')).to_be_attached()
         expect(page.locator(".badge.status-succeeded").first).to_be_visible()
         page.wait_for_timeout(300)
-        workflow_shot = v.shot("workflow")
+        v.shot("workflow")
 
         # the run page: statuses, output, cost
         page.get_by_text("Open the run page →").click()
@@ -251,7 +256,16 @@ def test_the_dashboard_journey(browser: Any, base_url: str) -> None:
         v.shot("overview")
         page.get_by_role("link", name="Workflows").click()
         expect(page.get_by_role("link", name="browser-demo")).to_be_visible()
+        expect(page.get_by_text("Made in the <b>browser</b> test & co")).to_be_visible()  # text, never markup
         v.shot("workflows")
+
+        # the demo workflow's page: its last run drawn with green and skipped steps
+        page.get_by_role("link", name="sales-report").click()
+        page.wait_for_url("**/workflow?name=sales-report")
+        expect(page.locator('g.node[data-step="total"][data-status="succeeded"]')).to_be_attached()
+        expect(page.locator('g.node[data-status="skipped"]')).to_have_count(1)
+        page.wait_for_timeout(300)
+        readme_shot = v.shot("workflow-sales-report")
 
         page.get_by_text("Log out").click()
         page.wait_for_url("**/login**")
@@ -260,9 +274,9 @@ def test_the_dashboard_journey(browser: Any, base_url: str) -> None:
 
         assert v.outside == [], f"the dashboard reached outside the server: {v.outside}"
         assert v.errors == [], f"errors in the page: {v.errors}"
-        if os.environ.get("VM_UPDATE_SCREENSHOT") == "1" or not (ROOT / "docs" / "screenshot.png").exists():
+        if os.environ.get("VM_TEST_UPDATE_SCREENSHOT") == "1" or not (ROOT / "docs" / "screenshot.png").exists():
             (ROOT / "docs").mkdir(exist_ok=True)
-            shutil.copyfile(workflow_shot, ROOT / "docs" / "screenshot.png")
+            shutil.copyfile(readme_shot, ROOT / "docs" / "screenshot.png")
     finally:
         v.close()
 

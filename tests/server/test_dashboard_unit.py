@@ -310,6 +310,11 @@ async def test_pages_build_from_the_store(services: Services) -> None:
     page._save()
     assert page.latest.number == 2 and "Saved version 2" in page.message.object
     assert page.history.table.value["version"].tolist() == [2, 1]
+    assert "value: 3" in page.history.diff.object  # the diff of v1 → v2, coloured
+    page.history.restore_pick.value = 1
+    page.history._restore()  # restoring makes a new version; old ones never change
+    assert page.latest.number == 3 and "value: 2" in page.editor.text and not page.editor.dirty
+    assert "restored as version 3" in page.history.message.object
     viewer = WorkflowPage(_ctx(services, "viewer"), "chain")
     assert not viewer.save.visible and not viewer.run.visible and viewer.editor.code.readonly
     ctx.close()

@@ -204,8 +204,9 @@ async def execute_step(
         outcome.error, outcome.exception = error_record(exc), exc
         outcome.attempts = max(outcome.attempts, ctx.attempt)
         # what the step gathered before failing (an agent's trace) stays on its record
-        if isinstance(getattr(exc, "details", None), dict):
-            outcome.details = {**outcome.details, **exc.details}  # type: ignore[union-attr]
+        gathered = getattr(exc, "details", None)
+        if isinstance(gathered, dict):
+            outcome.details = {**outcome.details, **gathered}
         if not isinstance(exc, VelocityMeshError):
             log.debug("step %s raised", step.id, exc_info=exc)
     if isinstance(ctx.budget, Budget):

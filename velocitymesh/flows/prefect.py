@@ -30,10 +30,11 @@ What Prefect owns:
   the in-process engine, still answers inside the body when Prefect's result storage
   has no entry (another machine's storage, or a run of the other engine).
 
-Runs are recorded exactly like in-process runs (``engine="prefect"``), with the run id
-derived from the Prefect flow run id — so ``runs.prefect_flow_run_id`` links them, and a
-second execution of one flow run cannot create a second run (the primary key refuses it);
-a flow run Prefect re-runs after a failure or crash resumes its run instead.
+Runs are recorded exactly like in-process runs (``engine="prefect"``, linked by
+``runs.prefect_flow_run_id``). The run id is derived from the flow run's id — or, for a run a
+schedule made, from its slot (deployment, scheduled time) — so the primary key lets a flow
+run, and a schedule slot, execute once however Prefect hands them out; one that comes back
+after a failure or a crash resumes its run instead.
 
 ``run_workflow(workflow, version, inputs)`` is the one entrypoint every deployment points
 at: it loads the spec from the store, so a worker needs only this package and the database
@@ -49,9 +50,10 @@ import dataclasses
 import logging
 import os
 import threading
+import uuid
 import weakref
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -62,7 +64,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Cancelled, Completed, Crashed, Failed, State
 from prefect.utilities.annotations import allow_failure
 
-from velocitymesh.errors import ConflictError, StepCancelled, StepError
+from velocitymesh.errors import StepCancelled, StepError
 from velocitymesh.flows.engine import RESUMABLE, Engine, RunResult, _Execution, _has_step
 from velocitymesh.flows.execute import StepOutcome, cache_key, error_record, execute_step, is_retryable, render_config
 from velocitymesh.flows.recorder import now
@@ -80,6 +82,7 @@ TIMEOUT_GRACE = 5.0  # seconds Prefect's timeout waits beyond the step's own
 MAX_RETRY_DELAYS = 50  # Prefect's limit on a retry_delay_seconds list; later retries reuse the last delay
 # Set by `velocitymesh worker` for the flow-run processes it starts (see _die_with_worker).
 WORKER_PID_ENV = "VELOCITYMESH_WORKER_PID"
+SLOT_NAMESPACE = uuid.UUID("5d6a3c1e-8f0b-4a7e-9c21-6b0f4d2e7a90")  # run ids of schedule slots (run_id_of)
 
 _CURRENT: contextvars.ContextVar[_PrefectExecution] = contextvars.ContextVar("velocitymesh_prefect_execution")
 # Called with every run event of runs executed in this process (the CLI's live progress).
@@ -106,6 +109,8 @@ class CompiledWorkflow:
     spec: Workflow
     tasks: dict[str, Task[..., Any]]  # step id -> its task (named after the step)
     graph: dict[str, list[str]]  # step id -> the steps its task run waits for
+    digest: str = ""  # the spec's content hash (and its stored form, below), computed once
+    data: dict[str, Any] = field(default_factory=dict)
     _flow: Flow[..., Any] | None = field(default=None, repr=False)
 
     @property
@@ -125,7 +130,8 @@ class CompiledWorkflow:
 def compile_workflow(spec: Workflow, *, default_timeout: float | None = None) -> CompiledWorkflow:
     """The Prefect form of ``spec``: one task per step, its wait-for graph, and a flow.
 
-    Compiling is cheap and cached by content hash, so every run of a saved version reuses it.
+    The spec is validated first (SpecError lists every problem). Compiling is cheap and cached by
+    content hash, so every run of a saved version reuses it.
     """
     timeout = default_timeout if default_timeout is not None else get_settings().step_timeout
     return _compile(spec.content_hash(), spec, timeout)
@@ -138,6 +144,9 @@ def _compile(digest: str, spec: Workflow, timeout: float) -> CompiledWorkflow:
     found = _compiled.get((digest, timeout))
     if found is not None:
         return found
+    from velocitymesh.flows.validation import check_workflow
+
+    check_workflow(spec)  # once per content hash: a run of a compiled workflow needs no second look
     handled_by: dict[str, list[str]] = {}
     for s in spec.steps:
         if s.on_error not in ("fail", "continue"):
@@ -146,6 +155,8 @@ def _compile(digest: str, spec: Workflow, timeout: float) -> CompiledWorkflow:
         spec=spec,
         tasks={s.id: step_task(s, default_timeout=timeout) for s in spec.steps},
         graph={s.id: [*s.needs, *handled_by.get(s.id, [])] for s in spec.steps},
+        digest=digest,
+        data=spec.to_data(),
     )
     if len(_compiled) >= 128:
         _compiled.pop(next(iter(_compiled)))
@@ -367,8 +378,19 @@ def _engine(settings: Settings, workspace: str | None) -> Engine:
 
 
 def run_id_for(flow_run_id: Any) -> str:
-    """The run id of a Prefect flow run: its UUID, in the store's id format."""
+    """The run id of a Prefect flow run that no schedule made: its UUID, in the store's id format."""
     return str(flow_run_id).replace("-", "")
+
+
+def run_id_of(flow_run: Any) -> str:
+    """The run id of a flow run. One that its deployment's schedule made is keyed by its slot
+    (deployment, scheduled time): should Prefect ever hold two flow runs for one slot — its
+    scheduler racing an update of the deployment can make them — they claim the same run, so the
+    slot runs once. Any other flow run is keyed by its own id."""
+    if flow_run.auto_scheduled and flow_run.deployment_id and flow_run.expected_start_time:
+        slot = f"{flow_run.deployment_id} {flow_run.expected_start_time.astimezone(UTC).isoformat()}"
+        return uuid.uuid5(SLOT_NAMESPACE, slot).hex
+    return run_id_for(flow_run.id)
 
 
 async def _run_in_flow(compiled: CompiledWorkflow, inputs: dict[str, Any], *, version: int | None,
@@ -380,11 +402,13 @@ async def _run_in_flow(compiled: CompiledWorkflow, inputs: dict[str, Any], *, ve
     settings = get_settings()
     engine = _engine(settings, workspace)
     spec = compiled.spec
-    engine._check(spec)
     values = resolve_inputs(spec, inputs)
-    run_id = run_id_for(flow_run_id)
-    prior, decisions, resumed = await asyncio.to_thread(_claim_run, engine, spec, run_id, flow_run_id, values,
-                                                        version, workflow_id)
+    run_id = run_id_of(flow_ctx.flow_run)
+    claim = await asyncio.to_thread(_claim_run, engine, compiled, run_id, flow_run_id, values, version, workflow_id)
+    if isinstance(claim, str):
+        log.warning("%s", claim)
+        return Cancelled(message=claim)
+    prior, decisions, resumed = claim
     execution = _PrefectExecution(engine, run_id, compiled, values, version=version, prior=prior,
                                   decisions=decisions, resumed=resumed)
     stop_watch = _die_with_worker(engine, execution, flow_run_id)
@@ -397,15 +421,18 @@ async def _run_in_flow(compiled: CompiledWorkflow, inputs: dict[str, Any], *, ve
     return _final_state(result)
 
 
-def _claim_run(engine: Engine, spec: Workflow, run_id: str, flow_run_id: Any, values: dict[str, Any],
-               version: int | None, workflow_id: str | None) -> tuple[dict[str, Any], dict[str, Any], bool]:
-    """Create the run record of this flow run — or, when Prefect runs the flow run again, take over the
-    existing one: resume it if it failed or crashed, refuse if it is running or done (exactly once)."""
+def _claim_run(engine: Engine, compiled: CompiledWorkflow, run_id: str, flow_run_id: Any, values: dict[str, Any],
+               version: int | None, workflow_id: str | None) -> tuple[dict[str, Any], dict[str, Any], bool] | str:
+    """Create the run record of this flow run (the primary key makes it once only). When the run exists —
+    Prefect runs a flow run again, or a second flow run of one schedule slot turns up — take it over if it
+    failed or crashed (resume: the outputs of its succeeded steps are kept), else refuse: the returned
+    message says why."""
+    spec = compiled.spec
     try:
         with store.session_scope(engine.sf) as s:
             store.create_run(
-                s, workspace_id=engine.workspace.id, workflow=spec.name, spec=spec.to_data(),
-                content_hash=spec.content_hash(), inputs=values, version=version, workflow_id=workflow_id,
+                s, workspace_id=engine.workspace.id, workflow=spec.name, spec=compiled.data,
+                content_hash=compiled.digest, inputs=values, version=version, workflow_id=workflow_id,
                 engine="prefect", status="queued", run_id=run_id,
             )
             store.update_run(s, run_id, prefect_flow_run_id=str(flow_run_id))
@@ -415,11 +442,11 @@ def _claim_run(engine: Engine, spec: Workflow, run_id: str, flow_run_id: Any, va
     with store.session_scope(engine.sf) as s:
         run = store.get_run(s, run_id)
     if run.status not in RESUMABLE:
-        raise ConflictError(
-            f"Prefect flow run {flow_run_id} already ran as run {run.id} ({run.status}); it is not run twice",
-            hint=f"see velocitymesh runs show {run.id}",
-        )
-    log.info("flow run %s runs again: resuming run %s (%s)", flow_run_id, run.id, run.status)
+        return (f"not run: run {run.id} of this flow run or schedule slot is {run.status} already (flow run "
+                f"{run.prefect_flow_run_id}); each runs once — see `velocitymesh runs show {run.id}`")
+    log.info("flow run %s resumes run %s (%s)", flow_run_id, run.id, run.status)
+    with store.session_scope(engine.sf) as s:
+        store.update_run(s, run.id, prefect_flow_run_id=str(flow_run_id))
     prior = {sid: r for sid, r in run.steps.items() if r.status == "succeeded" and _has_step(spec, sid)}
     decisions = {sid: r.decision for sid, r in run.steps.items() if r.decision is not None}
     return prior, decisions, True

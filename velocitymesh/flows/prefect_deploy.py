@@ -31,6 +31,7 @@ from velocitymesh.workspace import store
 from velocitymesh.workspace.inputs import resolve_inputs
 
 TAG = "velocitymesh"
+SCHEDULE_SLUG = "trigger"  # the one schedule of a deployment: the workflow's trigger.schedule
 DEFAULT_WORKSPACE = "default"
 
 
@@ -84,31 +85,55 @@ async def deploy(
     ws = workspace or settings.workspace
     spec = await asyncio.to_thread(_load, settings, ws, workflow, version)
     resolve_inputs(spec, inputs)  # checked now rather than at 9 am on Monday; kept as given
-    schedules = _schedules(spec, cron, timezone)
+    schedule = _schedule(spec, cron, timezone)
+    from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentScheduleUpdate, DeploymentUpdate
     from prefect.utilities.callables import parameter_schema
 
+    fields: dict[str, Any] = dict(
+        version=f"v{version}" if version is not None else "latest",
+        description=spec.description or None,
+        parameters={"workflow": workflow, "version": version, "inputs": dict(inputs or {}), "workspace": ws},
+        work_pool_name=settings.prefect_work_pool,
+        tags=[TAG, f"workspace:{ws}"],
+        entrypoint=ENTRYPOINT,
+        pull_steps=[],
+        parameter_openapi_schema=parameter_schema(run_workflow).model_dump_for_openapi(),
+        enforce_parameter_schema=True,
+    )
+    name = deployment_name(ws, workflow)
     async with get_client() as client:
         await ensure_work_pool(client, settings.prefect_work_pool)
-        flow_id = await client.create_flow_from_name(FLOW_NAME)
-        deployment_id = await client.create_deployment(  # an upsert on (flow, name)
-            flow_id=flow_id,
-            name=deployment_name(ws, workflow),
-            version=f"v{version}" if version is not None else "latest",
-            description=spec.description or None,
-            schedules=schedules,
-            parameters={"workflow": workflow, "version": version, "inputs": dict(inputs or {}), "workspace": ws},
-            work_pool_name=settings.prefect_work_pool,
-            tags=[TAG, f"workspace:{ws}"],
-            entrypoint=ENTRYPOINT,
-            pull_steps=[],
-            parameter_openapi_schema=parameter_schema(run_workflow).model_dump_for_openapi(),
-            enforce_parameter_schema=True,
-        )
-        if schedules:
-            # Scheduled runs exist at once (the server's scheduler would add them within a minute);
-            # the scheduler's idempotency keys keep one run per slot either way.
+        try:
+            existing = await client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
+        except ObjectNotFound:
+            existing = None
+        if existing is None:
+            deployment_id = await client.create_deployment(
+                flow_id=await client.create_flow_from_name(FLOW_NAME), name=name,
+                schedules=[DeploymentScheduleCreate(schedule=schedule, active=True, slug=SCHEDULE_SLUG)]
+                if schedule is not None else [], **fields)
+        else:
+            # Every update makes Prefect drop the scheduled runs and make new ones. Keeping the schedule
+            # (and so its id) when it did not change keeps the runs' idempotency keys: a scheduler pass
+            # racing this update then re-creates the same slots instead of adding a second run for each.
+            deployment_id = existing.id
+            if _cron_of(existing) != ((schedule.cron, schedule.timezone) if schedule is not None else None):
+                fields["schedules"] = [DeploymentScheduleUpdate(schedule=schedule, active=True, slug=SCHEDULE_SLUG)] \
+                    if schedule is not None else []
+            await client.update_deployment(deployment_id, DeploymentUpdate(**fields))
+        if schedule is not None:
+            # Scheduled runs exist at once (the server's scheduler would add them within seconds);
+            # idempotency keys keep one run per slot either way.
             await client.request("POST", "/deployments/{id}/schedule", path_params={"id": deployment_id}, json={})
         return (await _describe(client, [await client.read_deployment(deployment_id)]))[0]
+
+
+def _cron_of(deployment: Any) -> tuple[str, str | None] | None:
+    for s in deployment.schedules or []:
+        cron = getattr(s.schedule, "cron", None)
+        if cron is not None:
+            return cron, getattr(s.schedule, "timezone", None)
+    return None
 
 
 def _load(settings: Settings, workspace: str, workflow: str, version: int | None) -> Any:
@@ -118,8 +143,8 @@ def _load(settings: Settings, workspace: str, workflow: str, version: int | None
         return store.get_version(s, ws.id, workflow, version).spec
 
 
-def _schedules(spec: Any, cron: str | None, timezone: str | None) -> list[Any]:
-    from prefect.client.schemas.actions import DeploymentScheduleCreate
+def _schedule(spec: Any, cron: str | None, timezone: str | None) -> Any:
+    """The Prefect cron schedule of the deployment, or None when it only runs when triggered."""
     from prefect.client.schemas.schedules import CronSchedule
     from pydantic import ValidationError
 
@@ -127,12 +152,11 @@ def _schedules(spec: Any, cron: str | None, timezone: str | None) -> list[Any]:
     if cron is None and schedule is None:
         if timezone is not None:
             raise UsageError("--timezone needs a schedule", hint="give --cron too, or add trigger.schedule")
-        return []
+        return None
     cron = cron or schedule.cron
     timezone = timezone or (schedule.timezone if schedule is not None else "UTC")
     try:
-        return [DeploymentScheduleCreate(schedule=CronSchedule(cron=cron, timezone=timezone), active=True,
-                                         slug="trigger")]
+        return CronSchedule(cron=cron, timezone=timezone)
     except ValidationError as e:
         raise UsageError(f"invalid schedule {cron!r} ({timezone}): {e.errors()[0]['msg']}",
                          hint="five cron fields, e.g. '0 9 * * 1-5', and an IANA timezone such as Europe/Paris") \

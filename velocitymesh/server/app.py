@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, *, demo: bool = False) -> FastA
     app = FastAPI(
         title="VelocityMesh", version=__version__, description=DESCRIPTION, lifespan=lifespan,
         openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs", redoc_url=None,
+        swagger_ui_oauth2_redirect_url=f"{API_PREFIX}/docs/oauth2-redirect",
     )
     app.state.services = services
     app.state.metrics = metrics

@@ -26,6 +26,9 @@ EXPECTED = {
     # users and tokens
     "create_user", "verify_password", "set_password", "get_user", "list_users", "set_role", "set_active",
     "create_token", "user_for_token", "list_tokens", "revoke_token",
+    # collaboration drafts
+    "CollabState", "CollabUpdate", "append_collab_updates", "load_collab_state", "seed_collab_document",
+    "count_collab_updates", "compact_collab_updates", "delete_collab_document",
 }  # fmt: skip
 
 

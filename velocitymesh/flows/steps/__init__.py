@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 BUILTIN = (
     "python", "http", "sql", "transform", "branch", "workflow", "approval", "llm", "agent", "embed", "search",
+    "notebook",
 )
 
 _registry: dict[str, StepKind] = {}

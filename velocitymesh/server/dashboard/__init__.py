@@ -45,6 +45,11 @@ PAGES: dict[str, tuple[str, str, str, str]] = {
 }
 # Headers the session may see (no Cookie, no Authorization).
 SESSION_HEADERS = ["Host", "User-Agent", "Accept-Language"]
+# How long a session made by a page request waits for its websocket. Bokeh's default (15 s)
+# is shorter than a page load on a busy 2-core machine; a session dropped before its browser
+# connects cannot be remade over the websocket here (Panel's Location needs the HTTP request),
+# and the page would stay blank.
+SESSION_KEEP_MS = 120_000
 
 
 def page_builder(services: Services, path: str) -> Callable[[], Any]:
@@ -83,6 +88,7 @@ def mount(app: FastAPI, services: Services) -> None:
     """Serve the dashboard's pages from ``app`` (called by ``create_app``)."""
     import panel as pn
     from bokeh.util.token import generate_secret_key
+    from fastapi import Response
     from panel.io.application import Application, build_applications
     from panel.io.fastapi import add_applications
 
@@ -108,8 +114,15 @@ def mount(app: FastAPI, services: Services) -> None:
     applications = {path: DashboardApplication(*application.handlers) for path, application in built.items()}
     add_applications(
         cast(Any, applications), app=app, secret_key=generate_secret_key().encode(), sign_sessions=True,
-        include_cookies=[], include_headers=SESSION_HEADERS,
+        include_cookies=[], include_headers=SESSION_HEADERS, unused_session_lifetime_milliseconds=SESSION_KEEP_MS,
     )
+    if not any(getattr(route, "path", None) == "/favicon.ico" for route in app.routes):
+
+        @app.get("/favicon.ico", include_in_schema=False)
+        async def favicon() -> Response:  # Panel's page asks for it; Panel's own server would answer
+            return Response(theme.FAVICON_SVG, media_type="image/svg+xml",
+                            headers={"Cache-Control": "public, max-age=86400"})
+
     _warm_up()
 
 

@@ -22,6 +22,7 @@ from velocitymesh.server.dashboard.theme import FONT, STATUS_COLOURS
 NODE_W, NODE_H = 168, 46
 GAP_X, GAP_Y = 18, 34
 PAD = 12
+LANE = 28
 MAX_LABEL = 20
 
 
@@ -40,6 +41,7 @@ class Layout:
     columns: int = 0  # layers
     rows: int = 0  # the widest layer
     sizes: dict[int, int] = field(default_factory=dict)  # layer → how many steps
+    left: float = 0.0  # room on the left for edges that skip layers
 
 
 def nodes_from_data(data: Any) -> list[Node]:
@@ -116,7 +118,7 @@ def _xy(lay: Layout, cell: tuple[int, int]) -> tuple[float, float]:
     """Top-left corner of a node: layers go down, each layer centred across the widest one."""
     layer, position = cell
     offset = (lay.rows - lay.sizes.get(layer, 1)) * (NODE_W + GAP_X) / 2
-    return PAD + offset + position * (NODE_W + GAP_X), PAD + layer * (NODE_H + GAP_Y)
+    return PAD + lay.left + offset + position * (NODE_W + GAP_X), PAD + layer * (NODE_H + GAP_Y)
 
 
 def render_svg(nodes: Sequence[Node], statuses: Mapping[str, str] | None = None, *, empty: str = "") -> str:
@@ -126,7 +128,9 @@ def render_svg(nodes: Sequence[Node], statuses: Mapping[str, str] | None = None,
         return f'<div style="color:#64748b;font:13px {html.escape(FONT)};padding:18px">{text}</div>'
     statuses = statuses or {}
     lay = layout(nodes)
-    width = 2 * PAD + lay.rows * NODE_W + (lay.rows - 1) * GAP_X + 44  # room for side loops
+    skips = any(lay.nodes[n.id][0] - lay.nodes[p][0] > 1 for n in nodes for p in n.needs if p in lay.nodes)
+    lay.left = LANE if skips else 0.0
+    width = 2 * PAD + lay.left + lay.rows * NODE_W + (lay.rows - 1) * GAP_X + 44  # room for side loops
     height = 2 * PAD + lay.columns * NODE_H + (lay.columns - 1) * GAP_Y + 10
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="dag" viewBox="0 0 {width} {height}" width="{width}" '
@@ -143,7 +147,14 @@ def render_svg(nodes: Sequence[Node], statuses: Mapping[str, str] | None = None,
                 continue
             x1, y1 = _xy(lay, lay.nodes[p])
             sx, sy, ex, ey = x1 + NODE_W / 2, y1 + NODE_H, x2 + NODE_W / 2, y2
-            if ey > sy:
+            between = [_xy(lay, cell)[0] for cell in lay.nodes.values()
+                       if lay.nodes[p][0] < cell[0] < lay.nodes[n.id][0]]
+            if between:  # skips layers: go round the left of the steps in between, not through them
+                lane = max(4.0, min(between) - LANE / 2)
+                d = (f"M{x1},{y1 + NODE_H / 2} C{lane},{y1 + NODE_H / 2} {lane},{y1 + NODE_H / 2} "
+                     f"{lane},{y1 + NODE_H / 2 + GAP_Y / 2} L{lane},{ey - GAP_Y / 2} "
+                     f"C{lane},{ey - 4} {ex},{ey - GAP_Y / 2} {ex},{ey - 2}")
+            elif ey > sy:
                 mid = (sy + ey) / 2
                 d = f"M{sx},{sy} C{sx},{mid} {ex},{mid} {ex},{ey - 2}"
             else:  # a need in the same or a lower layer (a cycle being typed): loop round the side

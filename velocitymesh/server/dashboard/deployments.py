@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-import panel as pn
 
 from velocitymesh.server.dashboard import theme
 from velocitymesh.server.dashboard.session import PageContext
@@ -116,4 +115,4 @@ def deployments_page(ctx: PageContext) -> list[Any]:
     empty = theme.html_pane(theme.notice("info", "No workflow has a schedule. Add trigger: {schedule: {cron: "
                                                  "\"0 9 * * 1-5\"}} to one."), visible=not scheduled)
     return [theme.page_title("Deployments", "Scheduled workflows and their next run times"), note, empty,
-            theme.card(table), pn.Spacer(height=0)]
+            theme.card(table, visible=bool(scheduled))]

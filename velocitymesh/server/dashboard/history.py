@@ -46,8 +46,8 @@ def diff_html(diff: str, *, empty: str = "No differences.") -> str:
 
 def version_rows(versions: list[store.WorkflowVersion]) -> pd.DataFrame:
     rows = [
-        {"version": v.number, "saved": v.created_at.strftime("%Y-%m-%d %H:%M"), "author": esc(v.author),
-         "note": esc(v.message), "hash": v.content_hash[:10]}
+        {"version": v.number, "saved": v.created_at.strftime("%Y-%m-%d %H:%M"), "author": v.author,
+         "note": v.message, "hash": v.content_hash[:10]}  # plain columns: Tabulator escapes them
         for v in reversed(versions)
     ]
     return pd.DataFrame(rows, columns=VERSION_COLUMNS)

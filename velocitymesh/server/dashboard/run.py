@@ -52,7 +52,7 @@ def step_rows(state: RunState) -> pd.DataFrame:
     """The steps table: one row per step, status as a coloured badge."""
     rows = [
         {
-            "step": esc(v.id), "kind": esc(v.kind), "status": status_badge(v.status),
+            "step": v.id, "kind": v.kind, "status": status_badge(v.status),  # only status is HTML
             "attempts": v.attempts or "", "duration": format_duration(v.duration_ms),
             "cost": format_cost(v.cost_usd) if v.cost_usd else "",
         }

@@ -16,7 +16,7 @@ COLUMNS = ["name", "created", "updated", "use it as"]
 
 def secret_rows(secrets: list[store.SecretInfo]) -> pd.DataFrame:
     rows = [
-        {"name": esc(s.name), "created": s.created_at.strftime("%Y-%m-%d %H:%M"),
+        {"name": s.name, "created": s.created_at.strftime("%Y-%m-%d %H:%M"),
          "updated": s.updated_at.strftime("%Y-%m-%d %H:%M"),
          "use it as": f'<span class="mono">{{{{ secrets.{esc(s.name)} }}}}</span>'}
         for s in secrets

@@ -32,6 +32,12 @@ STATUS_COLOURS: dict[str, tuple[str, str]] = {  # status → (strong, tint)
     "pending": ("#94a3b8", "#f8fafc"),
 }
 
+FAVICON_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="8" '
+    f'fill="{ACCENT}"/><text x="16" y="22" font-family="Arial, sans-serif" font-size="17" font-weight="700" '
+    'fill="#fff" text-anchor="middle">V</text></svg>'
+)
+
 NAV = [("/", "Overview", "overview"), ("/workflows", "Workflows", "workflows"),
        ("/deployments", "Deployments", "deployments"), ("/secrets", "Secrets", "secrets")]
 

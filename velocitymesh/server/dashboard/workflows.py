@@ -78,8 +78,8 @@ def frame(rows: list[WorkflowRow]) -> pd.DataFrame:
     data = [
         {
             "workflow": f'<a href="/workflow?name={esc(r.name)}">{esc(r.name)}</a>',
-            "description": esc(r.description),
-            "trigger": esc(r.trigger),
+            "description": r.description,  # plain columns: Tabulator escapes them itself
+            "trigger": r.trigger,
             "steps": r.steps,
             "version": f"v{r.version}",
             "last run": (f'<a href="/run?id={esc(r.last_run_id)}">{status_badge(r.last_status)}</a>'

@@ -6,6 +6,16 @@ commits or rolls back). SQLite by default, Postgres via psycopg 3; one Alembic h
 """
 
 from velocitymesh.workspace.store.cache import cache_get, cache_purge, cache_put
+from velocitymesh.workspace.store.collab import (
+    CollabState,
+    CollabUpdate,
+    append_collab_updates,
+    compact_collab_updates,
+    count_collab_updates,
+    delete_collab_document,
+    load_collab_state,
+    seed_collab_document,
+)
 from velocitymesh.workspace.store.db import (
     HEAD_REVISION,
     alembic_config,
@@ -70,6 +80,8 @@ from velocitymesh.workspace.store.workspaces import get_or_create_workspace, get
 
 __all__ = [
     "HEAD_REVISION",
+    "CollabState",
+    "CollabUpdate",
     "Run",
     "RunSummary",
     "SecretInfo",
@@ -80,13 +92,17 @@ __all__ = [
     "WorkflowVersion",
     "Workspace",
     "alembic_config",
+    "append_collab_updates",
     "cache_get",
     "cache_purge",
     "cache_put",
+    "compact_collab_updates",
+    "count_collab_updates",
     "create_run",
     "create_token",
     "create_user",
     "current_revision",
+    "delete_collab_document",
     "delete_secret",
     "delete_workflow",
     "diff_versions",
@@ -104,6 +120,7 @@ __all__ = [
     "list_versions",
     "list_workflows",
     "list_workspaces",
+    "load_collab_state",
     "make_engine",
     "make_session_factory",
     "mark_stale_runs_crashed",
@@ -114,6 +131,7 @@ __all__ = [
     "restore_version",
     "revoke_token",
     "save_workflow",
+    "seed_collab_document",
     "session_scope",
     "set_active",
     "set_decision",

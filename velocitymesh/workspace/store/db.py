@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # The newest revision in migrations/versions. Kept as a constant so the check done on every
 # CLI start costs one query and no Alembic import (~0.2 s); test_migrations pins it.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 _PG_MIGRATION_LOCK = 0x766D_6D69_6772  # "vmmigr": serialises concurrent upgraders on Postgres
 
 _engines: dict[tuple[int, str], sa.Engine] = {}

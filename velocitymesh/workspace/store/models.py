@@ -232,3 +232,40 @@ class SecretRow(Base):
     ciphertext: Mapped[bytes] = mapped_column(sa.LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CollabUpdateRow(Base):
+    """One CRDT update of a workflow's live draft (``workspace/collab.py``), in arrival order.
+
+    Rows are folded into the draft's snapshot every few hundred updates and then deleted.
+    """
+
+    __tablename__ = "collab_updates"
+    __table_args__ = (
+        sa.Index(None, "workspace_id", "workflow", "id"),
+        # AUTOINCREMENT: SQLite would otherwise reuse the ids of deleted (compacted) rows.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    workspace_id: Mapped[str] = mapped_column(
+        sa.String(36), sa.ForeignKey("workspaces.id", ondelete="CASCADE")
+    )
+    workflow: Mapped[str] = mapped_column(sa.String(128))
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    origin: Mapped[str] = mapped_column(sa.String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CollabSnapshotRow(Base):
+    """The compacted state of a workflow's live draft: every update up to ``last_update_id``."""
+
+    __tablename__ = "collab_snapshots"
+
+    workspace_id: Mapped[str] = mapped_column(
+        sa.String(36), sa.ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    workflow: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    state: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    last_update_id: Mapped[int] = mapped_column(sa.Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
