@@ -49,7 +49,7 @@ test: install sysdeps lint
 
 # The quick local loop: everything but the slow groups.
 quick: install
-	$(BIN)/pytest -q -x -m "not prefect and not browser"
+	$(BIN)/pytest -q -x -m "not prefect and not browser and not notebooks"
 
 bench: install
 	$(BIN)/python bench/engine.py

@@ -30,9 +30,9 @@ import nbformat
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "agents"))  # the wire servers live with the agents tests
-from wire_servers import AnthropicServer, OpenAIServer, Reply  # noqa: E402
+from wire_servers import AnthropicServer, OpenAIServer, Reply
 
-pytestmark = pytest.mark.notebooks
+pytestmark = [pytest.mark.notebooks, pytest.mark.timeout(660)]  # one nbval run of every notebook
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 TUTORIALS = sorted(p.name for p in NOTEBOOKS_DIR.glob("[0-9][0-9]-*.ipynb"))
@@ -122,6 +122,8 @@ def _kernel_env(home: Path, openai: OpenAIServer, anthropic: AnthropicServer) ->
         "OPENAI_BASE_URL": openai.url, "OPENAI_API_KEY": TEST_KEY,
         "ANTHROPIC_BASE_URL": anthropic.url, "ANTHROPIC_API_KEY": TEST_KEY,
         "PREFECT_HOME": str(home / ".prefect"),
+        # kernel connection files and IPython's history stay in the test's folder
+        "JUPYTER_RUNTIME_DIR": str(home / ".jupyter-runtime"), "IPYTHONDIR": str(home / ".ipython"),
         "JUPYTER_PLATFORM_DIRS": "1",
     })
     return env
@@ -141,8 +143,24 @@ def _cases(junit: Path) -> dict[str, list[tuple[str, str | None]]]:
     return by_notebook
 
 
+def ensure_python3_kernel() -> None:
+    """The ``python3`` kernelspec (the notebook step's default) must start this interpreter.
+
+    ipykernel's wheel installs it into the venv (``share/jupyter/kernels``); a venv made
+    without data files gets it installed here, with ``--sys-prefix`` (never user-wide).
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"],
+                       check=True, capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def nbval_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, Any], str]]:
+    ensure_python3_kernel()
     home = tmp_path_factory.mktemp("notebooks")
     workdir = home / "notebooks"
     shutil.copytree(NOTEBOOKS_DIR, workdir, ignore=shutil.ignore_patterns(".ipynb_checkpoints", ".velocitymesh"))

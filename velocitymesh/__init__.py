@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "generate_widget": "velocitymesh.jupyter.widgets",
     "from_notebook": "velocitymesh.jupyter.convert",
     "write_debug_notebook": "velocitymesh.jupyter.debug",
+    "output": "velocitymesh.jupyter.outputs",
 }
 
 __all__ = ["__version__", "workspace", *_EXPORTS]
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from velocitymesh.jupyter.api import Workflow, generate, load
     from velocitymesh.jupyter.convert import from_notebook
     from velocitymesh.jupyter.debug import write_debug_notebook
+    from velocitymesh.jupyter.outputs import output
     from velocitymesh.jupyter.results import Run
     from velocitymesh.jupyter.widgets import generate_widget
     from velocitymesh.jupyter.workspace import Workspace

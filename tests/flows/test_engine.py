@@ -425,3 +425,33 @@ async def test_code_and_queries_are_never_rendered(engine: Engine) -> None:
 
     problems = validate_workflow(wf([{"id": "q", "kind": "sql", "with": {"query": "select {{ inputs.x }}"}}]))
     assert any(p.path == "steps[0].with.query" and "params" in p.hint for p in problems)
+
+
+async def test_resume_on_a_new_version_records_it(engine: Engine) -> None:
+    broken = wf([
+        {"id": "up", "kind": "probe", "with": {"name": "up2"}},
+        {"id": "down", "kind": "transform", "needs": ["up"], "with": {"value": "{{ steps.up.output.nope }}"}},
+    ], name="fixme")
+    with store.session_scope(engine.sf) as s:
+        store.save_workflow(s, engine.workspace.id, broken)
+    res = await engine.run_saved("fixme")
+    assert res.status == "failed"
+    fixed = wf([
+        {"id": "up", "kind": "probe", "with": {"name": "up2"}},
+        {"id": "down", "kind": "transform", "needs": ["up"], "with": {"value": "{{ steps.up.output + 1 }}"}},
+    ], name="fixme")
+    with store.session_scope(engine.sf) as s:
+        v2 = store.save_workflow(s, engine.workspace.id, fixed)
+    done = await engine.resume(res.run_id, version=v2.number)
+    assert done.status == "succeeded" and done.outputs["down"] == 2
+    assert CALLS["up2"] == 1
+    with store.session_scope(engine.sf) as s:
+        run = store.get_run(s, res.run_id)
+    assert run.version == v2.number and run.content_hash == fixed.content_hash()
+
+
+async def test_failed_step_keeps_its_rendered_input(engine: Engine) -> None:
+    res = await engine.run(wf([{"id": "f", "kind": "probe", "with": {"name": "in-{{ 1 + 1 }}", "fail_times": 9}}]))
+    assert res.status == "failed"
+    with store.session_scope(engine.sf) as s:
+        assert store.get_run(s, res.run_id).steps["f"].input == {"name": "in-2", "fail_times": 9}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -84,7 +85,7 @@ def test_registered_and_config() -> None:
     kind = get_kind("notebook")
     assert kind.run is nbstep.run and kind.config is nbstep.Config
     assert "path" in kind.config.model_json_schema()["properties"]  # the offline planner reads this
-    with pytest.raises(ValidationError, match="must end in .ipynb"):
+    with pytest.raises(ValidationError, match=r"must end in \.ipynb"):
         nbstep.Config(path="report.py")
     with pytest.raises(ValidationError, match="Python variable names"):
         nbstep.Config(path="r.ipynb", parameters={"not a name": 1})
@@ -112,7 +113,7 @@ async def test_runs_through_the_engine(engine: Engine, settings: Settings, monke
         "total = vmo.output('total', sum(int(r['amount']) for r in rows) * factor)\n"
         "vmo.output('region', region)\nvmo.output('env', sorted(os.environ))\n"
         f"vmo.output('key_file_visible', os.path.exists({str(settings.key_file.resolve())!r}))\n"
-        "vmo.output('token_seen', token)",
+        "vmo.output('token_seen', token)\nimport sys\nvmo.output('python', sys.executable)",
         parameters="region = 'US'\nfactor = 1\ntoken = ''",
     )
     spec = workflow(path="reports/weekly.ipynb",
@@ -135,6 +136,7 @@ async def test_runs_through_the_engine(engine: Engine, settings: Settings, monke
     executed = nbformat.reads(text, as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     assert recorded["token_seen"] == "***"  # the engine redacts recorded outputs too
+    assert recorded["python"] == sys.executable  # the python3 kernel runs this interpreter
     # what the cells printed became the step's log
     with store.session_scope(engine.sf) as s:
         logs = [line["message"] for line in store.get_run(s, result.run_id).steps["report"].logs]

@@ -147,7 +147,7 @@ def test_builders_and_template_checks() -> None:
     assert spec.step("research").with_["max_turns"] == 3
     with pytest.raises(UsageError, match=r"reads steps\.nope.*steps so far: download, top, shape, research, judge"):
         wf.transform("bad", "{{ steps.nope.output }}")
-    with pytest.raises(UsageError, match="inputs.missing"):
+    with pytest.raises(UsageError, match=r"inputs\.missing"):
         wf.transform("bad", "{{ inputs.missing }}")
     with pytest.raises(UsageError, match="needs ghost"):
         wf.transform("bad", 1, needs=["ghost"])
@@ -187,7 +187,7 @@ def test_invalid_workflow_reports_every_problem() -> None:
     paths = {p.path for p in problems}
     assert "trigger.schedule.cron" in paths and "steps[0].kind" in paths
     with pytest.raises(SpecError):
-        wf.spec
+        _ = wf.spec
     with pytest.raises(UsageError, match="not a workflow name"):
         vm.Workflow("Not A Slug")
 

@@ -34,7 +34,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
@@ -94,6 +93,8 @@ class Tool:
             )
         if self.parameters.get("type") != "object":
             raise UsageError(f"tool {self.name!r}: parameters must be a JSON schema of type object")
+        import jsonschema  # lazily: it costs seconds on first import, and validation of every spec loads this module
+
         try:
             cls = jsonschema.validators.validator_for(self.parameters)
             cls.check_schema(self.parameters)

@@ -24,6 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The MIME type of the bundles ``vm.output(key, value)`` displays and the step reads back. It
+# lives here, in a module with no imports beyond the standard library, because the kernel
+# imports it (through velocitymesh/jupyter/outputs.py) and must not pay for the engine's.
+OUTPUT_MIME = "application/vnd.velocitymesh.output+json"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TRACE_LINES = 25
 
@@ -87,8 +91,9 @@ def _run(workdir: Path, request: dict[str, Any]) -> dict[str, Any]:
     try:
         papermill.execute_notebook(
             request["input"], request["output"], parameters=parameters, kernel_name=request["kernel"],
-            language=request.get("language"), cwd=request["cwd"], progress_bar=False, log_output=False, request_save_on_cell_execute=True,
-            start_timeout=request.get("start_timeout", 60), kernel_manager_class=ReportingKernelManager,
+            language=request.get("language"), cwd=request["cwd"], progress_bar=False, log_output=False,
+            request_save_on_cell_execute=True, start_timeout=request.get("start_timeout", 60),
+            kernel_manager_class=ReportingKernelManager,
         )
     except PapermillExecutionError as e:
         number, in_injected = _cell_number(cells, e.cell_index, injected)

@@ -21,7 +21,7 @@ from typing import Any
 from velocitymesh.errors import UsageError
 from velocitymesh.workspace.store import Run
 
-__all__ = ["debug_notebook", "debug_notebook_name", "failing_step"]
+__all__ = ["debug_notebook", "debug_notebook_name", "failing_step", "notebook_text"]
 
 
 def failing_step(run: Run, step: str | None = None) -> str:

@@ -227,6 +227,9 @@ class Engine:
         if version is not None:
             v = self.get_version(run.workflow, version)
             spec = v.spec
+            self._check(spec)
+            with store.session_scope(self.sf) as s:  # the run finishes on this version: say so on its record
+                store.update_run(s, run.id, version=v.number, spec=spec.to_data(), content_hash=spec.content_hash())
         else:
             spec = Workflow.model_validate(run.spec)
         prior = {sid: r for sid, r in run.steps.items() if r.status == "succeeded" and _has_step(spec, sid)}

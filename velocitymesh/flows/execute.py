@@ -184,7 +184,10 @@ async def execute_step(
             outcome.output = outputs
             outcome.attempts = max(outcome.attempts, 1)
         else:
-            res = await _render_and_run(kind, step, context, ctx, timeout, cache, max_template_bytes)
+            # rendered before running, so a step that then fails still shows what it was given
+            outcome.rendered = render_config(kind, step, context, max_template_bytes)
+            res = await _render_and_run(kind, step, context, ctx, timeout, cache, max_template_bytes,
+                                        rendered=outcome.rendered)
             outcome.output, outcome.rendered = res.output, res.rendered
             outcome.cost_usd, outcome.tokens = res.cost_usd, res.tokens
             outcome.cache_hit, outcome.chosen, outcome.details = res.cache_hit, res.chosen, res.details
@@ -247,9 +250,10 @@ def render_config(kind: StepKind, step: Step, context: dict[str, Any], max_templ
 
 async def _render_and_run(
     kind: StepKind, step: Step, context: dict[str, Any], ctx: StepContext, timeout: float,
-    cache: Any, max_template_bytes: int,
+    cache: Any, max_template_bytes: int, rendered: Any = None,
 ) -> _ItemResult:
-    rendered = render_config(kind, step, context, max_template_bytes)
+    if rendered is None:
+        rendered = render_config(kind, step, context, max_template_bytes)
     try:
         config = kind.config.model_validate(rendered)
     except ValidationError as e:

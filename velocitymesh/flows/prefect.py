@@ -60,6 +60,7 @@ import sqlalchemy as sa
 from prefect import Flow, Task, flow
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.context import FlowRunContext, TaskRunContext
+from prefect.futures import PrefectTaskRunFuture
 from prefect.logging import get_run_logger
 from prefect.states import Cancelled, Completed, Crashed, Failed, State
 from prefect.utilities.annotations import allow_failure
@@ -208,6 +209,28 @@ def _should_retry(_task: Any, _task_run: Any, state: State[Any]) -> bool:
     return isinstance(exc, BaseException) and is_retryable(exc)
 
 
+class _Finished(PrefectTaskRunFuture[Any]):
+    """A finished upstream task run, as ``wait_for``: Prefect records the edge from its id.
+
+    Not its State: Prefect walks whatever ``wait_for`` holds, model field by field, looking for
+    other tasks' results by ``id`` — slow for a State, and it finds spurious edges in a result
+    dict's values (an interned ``"succeeded"``). A future is not walked, and carries no data.
+    """
+
+    def __init__(self, state: State[Any]) -> None:
+        super().__init__(state.state_details.task_run_id)  # type: ignore[arg-type]
+        self._final_state = state.model_copy(update={"data": True})
+
+    def wait(self, timeout: float | None = None) -> None:
+        return None
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        return True
+
+    def add_done_callback(self, fn: Any) -> None:
+        fn(self)
+
+
 # --- one run -------------------------------------------------------------------------------
 
 class _PrefectExecution(_Execution):
@@ -233,10 +256,7 @@ class _PrefectExecution(_Execution):
             self.recorder.run(heartbeat_at=now())
 
     def _wait_for(self, step: Step) -> list[Any]:
-        """The upstream task runs as ``wait_for``. Their states go without their data: Prefect walks
-        whatever it is given looking for other tasks' results (by ``id``), and would find spurious
-        edges in a result dict's values (an interned ``"succeeded"``)."""
-        return [allow_failure(self.prefect_states[n].model_copy(update={"data": True}))
+        return [allow_failure(_Finished(self.prefect_states[n]))
                 for n in self.compiled.graph[step.id] if n in self.prefect_states]
 
     def _content_key(self, step: Step, context: dict[str, Any], upstream: dict[str, Any]) -> tuple[str | None, Any]:

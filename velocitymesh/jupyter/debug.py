@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from velocitymesh.errors import UsageError
 
 if TYPE_CHECKING:
+    from velocitymesh.flows.steps import StepKind
     from velocitymesh.jupyter.results import Run
     from velocitymesh.jupyter.workspace import LocalWorkspace
     from velocitymesh.settings import Settings
@@ -46,12 +47,12 @@ class FailedStep:
 
     def run_step(self, config: Any = None) -> Any:
         """Run the step's kind once on ``config`` (default: what it received); returns its output."""
-        from velocitymesh.flows.steps import StepContext, get_kind
+        from velocitymesh.flows.steps import StepContext
         from velocitymesh.flows.steps.base import StepLogger
         from velocitymesh.jupyter import runner
 
         ws = self._workspace()
-        kind = get_kind(self.kind)
+        kind = _kind(self.kind)
         value = self.config if config is None else config
         ctx = StepContext(run_id=f"debug-{self.run_id}", step_id=self.step_id, workflow=self.workflow,
                           settings=ws.settings, logger=StepLogger(emit=lambda line: print(f"{line.level}: "
@@ -90,6 +91,21 @@ class FailedStep:
         return self.workspace
 
 
+def _kind(name: str) -> StepKind:
+    """A step kind, importing only its module when it is a built-in one (the registry loads every
+    kind, the agent tools among them, which costs seconds in a fresh kernel)."""
+    import importlib
+
+    from velocitymesh.flows.steps import StepKind, get_kind
+
+    try:
+        module = importlib.import_module(f"velocitymesh.flows.steps.{name}")
+    except ImportError:
+        return get_kind(name)
+    return StepKind(name=module.KIND, config=module.Config, run=module.run,
+                    raw=frozenset(getattr(module, "RAW_FIELDS", ())))
+
+
 def _local(home: str | None, workspace: str | None, settings: Settings | None) -> LocalWorkspace:
     from velocitymesh.jupyter.workspace import LocalWorkspace
     from velocitymesh.jupyter.workspace import workspace as make_workspace
@@ -110,7 +126,6 @@ def load_failed_step(run_id: str, step: str | None = None, *, home: str | None =
     """
     from velocitymesh.flows.debug_notebook import failing_step
     from velocitymesh.flows.execute import render_config
-    from velocitymesh.flows.steps import get_kind
     from velocitymesh.workspace import store, templating
     from velocitymesh.workspace.secrets import SecretStore
     from velocitymesh.workspace.spec import Workflow as WorkflowSpec
@@ -126,7 +141,7 @@ def load_failed_step(run_id: str, step: str | None = None, *, home: str | None =
                  for k, r in run.steps.items() if "[" not in k}
     context: dict[str, Any] = {"inputs": dict(run.inputs or {}), "steps": steps_ctx, "secrets": secrets,
                                "run": {"id": run.id, "workflow": run.workflow, "version": run.version}}
-    kind = get_kind(target.kind)
+    kind = _kind(target.kind)
     limit = ws.settings.template_max_bytes
     config: Any
     if target.map is not None:

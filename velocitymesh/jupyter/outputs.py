@@ -1,7 +1,7 @@
 """``vm.output(key, value)``: a value a notebook hands back to the workflow that runs it.
 
 In a Jupyter kernel the value is displayed as a MIME bundle: ``text/plain`` for people
-(``key = value``) and :data:`~velocitymesh.flows.steps.notebook.OUTPUT_MIME` holding
+(``key = value``) and :data:`~velocitymesh.flows._notebook_child.OUTPUT_MIME` holding
 ``{"key": key, "value": value}`` for the ``notebook`` step, which reads the bundles back
 from the executed notebook (no file or environment variable involved; see that module).
 Run interactively, the same call simply shows the value; outside IPython it prints it.
@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any, TypeVar
 
-from velocitymesh.flows.steps.notebook import OUTPUT_MIME
+from velocitymesh.flows._notebook_child import OUTPUT_MIME  # stdlib only: cheap in the kernel
 
 __all__ = ["OUTPUT_MIME", "output"]
 

@@ -103,10 +103,6 @@ class Run:
     def ok(self) -> bool:
         return self.status == "succeeded"
 
-    @property
-    def run_url(self) -> str:
-        return f"/runs/{self.run_id}"
-
     def raise_for_status(self) -> Run:
         """Raise StepError with the run's error unless it succeeded (or waits for approval)."""
         if self.status in ("succeeded", "waiting"):

@@ -152,6 +152,8 @@ class CollabHub:
         self.peer = uuid.uuid4().hex[:16]
         self._docs: dict[str, LiveDocument] = {}
         self._opening: dict[str, asyncio.Future[LiveDocument]] = {}
+        self._early: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # events for drafts being loaded
+        self._sent: dict[str, int] = {}  # updates published per draft: their sequence numbers
         self._sub: Subscription | None = None
         self._sub_marks = (0, 0)  # the subscription's (reconnects, dropped) when last checked
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -244,13 +246,20 @@ class CollabHub:
 
     async def _load(self, name: str, create: bool) -> LiveDocument:
         doc = LiveDocument(name, hub=self)
-        self._docs[name] = doc  # registered first: bus updates arriving while we read the store apply
+        # Registered before the store is read, so nothing published meanwhile is missed; what
+        # arrives meanwhile waits in `_early` and is applied after the store's state.
+        self._docs[name] = doc
+        self._early[name] = []
         try:
             state = await asyncio.to_thread(self._load_or_seed, name, create)
         except BaseException:
             self._docs.pop(name, None)
+            self._early.pop(name, None)
+            doc.dispose()
             raise
         self._apply_state(doc, state)
+        for channel, event in self._early.pop(name, []):
+            self._receive(channel, event)
         await self._publish(doc, {"kind": "hello"})
         return doc
 
@@ -285,6 +294,7 @@ class CollabHub:
         for p in [p for p in doc._presence.values() if p.local]:
             await self._publish(doc, {"kind": "leave", "user": p.user})
         self._docs.pop(doc.workflow, None)
+        doc.dispose()
 
     async def close(self) -> None:
         """Store and publish what is pending, say goodbye, stop."""
@@ -384,17 +394,30 @@ class CollabHub:
         peer = event.get("peer")
         if peer == self.peer or not isinstance(peer, str):
             return
-        doc = self._docs.get(channel.removeprefix(self.channel_prefix))
+        name = channel.removeprefix(self.channel_prefix)
+        doc = self._docs.get(name)
         if doc is None:
+            return
+        if name in self._early:
+            self._early[name].append((channel, event))
             return
         kind = event.get("kind")
         if kind == "update":
-            origin = event.get("origin")
+            origin, seq = event.get("origin"), event.get("seq")
             try:
                 update = base64.b64decode(str(event.get("update")), validate=True)
             except (binascii.Error, ValueError):
                 update = b""
-            doc.apply_update(update, REMOTE + (origin if isinstance(origin, str) else peer))
+            origin = REMOTE + (origin if isinstance(origin, str) else peer)
+            if not isinstance(seq, int) or isinstance(seq, bool):
+                doc.apply_update(update, origin)  # counted as rejected unless it decodes
+                return
+            # The first update from a peer after we opened the draft: the earlier ones were in
+            # the store when we read it (stored before published), so we follow on from here.
+            doc.follow(peer, seq)
+            if doc.receive(update, peer=peer, seq=seq, origin=origin) == "held":
+                # An update went missing on the bus; the store has it (stored before published).
+                self._spawn(self.resync(name))
             doc._log_rows += 1
             self._maybe_compact(doc)
         elif kind == "presence" and isinstance(event.get("user"), str):
@@ -471,6 +494,7 @@ class CollabHub:
                         log.warning("collaboration could not re-read %s from the store: %s", doc.workflow, e)
                         break
                     self._apply_state(doc, state)
+                    doc.release_held()
                     if not self._resyncing[doc.workflow]:
                         break
                     self._resyncing[doc.workflow] = False
@@ -523,8 +547,9 @@ class CollabHub:
                 done = batch[-1].seq
                 self._outbox = [o for o in self._outbox if o.seq > done]
                 for item in batch:
+                    seq = self._sent[item.doc.workflow] = self._sent.get(item.doc.workflow, 0) + 1
                     await self._publish(item.doc, {
-                        "kind": "update", "origin": item.origin,
+                        "kind": "update", "origin": item.origin, "seq": seq,
                         "update": base64.b64encode(item.update).decode("ascii"),
                     })
                     item.doc._log_rows += 1

@@ -24,13 +24,14 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
-from pycrdt import Doc, Map, Text, TextEvent, TransactionEvent, get_state
+from pycrdt import Doc, Map, Subscription, Text, TextEvent, TransactionEvent, get_state
 
 from velocitymesh.errors import UsageError
 from velocitymesh.workspace.collab_text import CrdtUnits, TextChange, changes_from_delta, diff_text, shift_index
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 Validator = Callable[[str], list[Problem]]
 ChangeCallback = Callable[[str, list[TextChange], str], None]
 PresenceCallback = Callable[[list["Presence"]], None]
+Received = Literal["applied", "duplicate", "held", "rejected"]
 
 HISTORY = 32  # recent texts whose state set_text(base=...) can fork from
 REMOTE = "remote:"  # prefix of the origin of every change that did not start in this process
@@ -132,9 +134,27 @@ class LiveDocument:
         self._presence: dict[tuple[str, str], Presence] = {}
         self._history: OrderedDict[str, bytes] = OrderedDict()
         self._opens = 0
+        self._disposed = False
         self._log_rows = 0  # updates in the store's log not yet compacted (an estimate)
-        self._doc.observe(self._on_transaction)
-        self._yaml.observe(self._on_text_event)
+        self._peer_seq: dict[str, int] = {}  # the last update applied from each peer
+        self._held: dict[str, dict[int, tuple[bytes, str]]] = {}  # updates that came before a missing one
+        # pycrdt's observers are held on the Rust side, out of the garbage collector's reach:
+        # they must not point back at us, and are dropped explicitly (dispose, or when we go).
+        me = weakref.ref(self)
+
+        def on_transaction(event: TransactionEvent) -> None:
+            doc = me()
+            if doc is not None:
+                doc._on_transaction(event)
+
+        def on_text(event: TextEvent) -> None:
+            doc = me()
+            if doc is not None:
+                doc._on_text_event(event)
+
+        self._dispose = weakref.finalize(
+            self, _unobserve, self._doc, self._yaml, self._doc.observe(on_transaction), self._yaml.observe(on_text)
+        )
 
     # --- reading --------------------------------------------------------------------------
 
@@ -270,6 +290,63 @@ class LiveDocument:
         self._after_transaction()
         return True
 
+    def receive(self, update: bytes, *, peer: str, seq: int, origin: str = REMOTE) -> Received:
+        """Apply the ``seq``-th update (1, 2, …) published by ``peer``, in each peer's order.
+
+        A duplicate is ignored; an update that arrives before one still missing is held
+        back (``held``) until the gap is filled or ``release_held`` is called after the
+        missing ones were read from the store. The CRDT would accept it early, but
+        pycrdt 0.14 can then lose an insertion when updates of one client arrive out of
+        order, so they never do. A peer's numbering starts at 1 unless ``follow`` said
+        otherwise.
+        """
+        last = self._peer_seq.get(peer, 0)
+        if seq <= last:
+            return "duplicate"
+        if seq > last + 1:
+            self._held.setdefault(peer, {})[seq] = (update, origin)
+            return "held"
+        applied = self.apply_update(update, origin)
+        self._peer_seq[peer] = seq
+        self._drain(peer)
+        return "applied" if applied else "rejected"
+
+    def follow(self, peer: str, seq: int) -> None:
+        """Expect ``peer``'s updates from number ``seq`` on (the earlier ones are merged
+        already: the hub read them from the store when it opened the draft)."""
+        self._peer_seq.setdefault(peer, seq - 1)
+
+    @property
+    def held(self) -> int:
+        """How many updates wait for an earlier one that has not arrived."""
+        return sum(len(h) for h in self._held.values())
+
+    def release_held(self) -> None:
+        """Apply held updates in order: their predecessors have been merged another way
+        (re-read from the store), so the gaps no longer matter."""
+        for peer, held in list(self._held.items()):
+            if held:
+                self._peer_seq[peer] = min(held) - 1
+            self._drain(peer)
+
+    def _drain(self, peer: str) -> None:
+        held = self._held.get(peer)
+        while held:
+            nxt = self._peer_seq[peer] + 1
+            if nxt not in held:
+                break
+            update, origin = held.pop(nxt)
+            self.apply_update(update, origin)
+            self._peer_seq[peer] = nxt
+        if not held:
+            self._held.pop(peer, None)
+
+    def dispose(self) -> None:
+        """Stop observing the CRDT (frees it); the document cannot be edited afterwards."""
+        self._dispose()
+        self._hub = None
+        self._disposed = True
+
     # --- notifications --------------------------------------------------------------------------
 
     def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
@@ -329,8 +406,9 @@ class LiveDocument:
 
     async def close(self) -> None:
         """Leave the draft; the hub forgets it once every ``open`` has been closed."""
-        hub = self._require_hub()
-        await hub._release(self)
+        if self._disposed:
+            return
+        await self._require_hub()._release(self)
 
     async def __aenter__(self) -> Self:
         return self
@@ -348,6 +426,8 @@ class LiveDocument:
         return self._hub
 
     def _check_thread(self) -> None:
+        if self._disposed:
+            raise UsageError(f"the draft of {self.workflow} is closed", hint="open it again with CollabHub.open")
         if self._hub is not None and self._hub._thread not in (None, threading.get_ident()):
             raise UsageError(
                 "a live draft must be used on the event loop thread of its CollabHub",
@@ -451,6 +531,11 @@ class LiveDocument:
             del self._presence[key]
         if stale:
             self._presence_changed()
+
+
+def _unobserve(doc: Doc[Any], text: Text, *subscriptions: Subscription) -> None:
+    doc.unobserve(subscriptions[0])
+    text.unobserve(subscriptions[1])
 
 
 def _edit(text: Text, current: str, changes: Sequence[TextChange], units: CrdtUnits) -> None:

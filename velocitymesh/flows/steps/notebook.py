@@ -61,7 +61,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from velocitymesh.errors import (
     BlockedError,
@@ -74,13 +74,13 @@ from velocitymesh.errors import (
     UsageError,
 )
 from velocitymesh.flows import sandbox
+from velocitymesh.flows._notebook_child import OUTPUT_MIME
 from velocitymesh.flows.steps.base import StepConfig, StepContext, StepResult
 from velocitymesh.workspace.secrets import Redactor
 
 KIND = "notebook"
 DESCRIPTION = "Run a parameterised notebook with papermill; output the values it records with vm.output()."
 
-OUTPUT_MIME = "application/vnd.velocitymesh.output+json"
 CHILD_SCRIPT = str(Path(__file__).resolve().parents[1] / "_notebook_child.py")
 MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024
@@ -91,9 +91,11 @@ _TAG_HINT = ("tag the cell that sets the defaults `parameters` (JupyterLab: sele
 
 
 class Config(StepConfig):
-    path: str
-    parameters: dict[str, Any] = {}
-    kernel: str | None = None
+    path: str = Field(description="The .ipynb file, relative to the workspace data folder ($VM_HOME/data).")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Values injected after the notebook's cell tagged `parameters`."
+    )
+    kernel: str | None = Field(None, description="Jupyter kernel name; default the notebook's own, else python3.")
 
     @field_validator("path")
     @classmethod
@@ -198,6 +200,8 @@ def _check_parameters(document: dict[str, Any], config: Config, ctx: StepContext
         return
     cells = [c for c in document["cells"] if isinstance(c, dict)]
     cell = next((c for c in cells if "parameters" in _tags(c)), None)
+    if cell is None and any("injected-parameters" in _tags(c) for c in cells):
+        return  # an executed notebook: papermill replaces its injected cell
     if cell is None:
         raise UsageError(
             f"the notebook {config.path!r} has no cell tagged `parameters`, so the parameters "
@@ -289,12 +293,37 @@ def _bwrap_command(plan: Any, workdir: Path, data_dir: Path, network: bool) -> l
     return [*args, "--chdir", str(workdir), "--", sys.executable, "-I", "-B", CHILD_SCRIPT, str(workdir)]
 
 
-def _kill(pid: int, workdir: Path, kernel_group: bool) -> None:
-    """SIGKILL the child's process group and, without a PID namespace, the kernel's."""
-    groups = [pid]
+def _group_has_members(pgid: int) -> bool:
+    """Whether any live process is in process group ``pgid`` (Linux /proc; True when unknown)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[-1].split()
+            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+                return True
+    return False
+
+
+def _kill(pid: int, workdir: Path, *, running: bool, kernel_group: bool) -> None:
+    """SIGKILL the child's process group while it runs and, without a PID namespace, the kernel's.
+
+    After a normal end the child is reaped and its namespace (bwrap) is gone; what can be left
+    is, in process mode, what the notebook started in the kernel's process group — killed only
+    if that group still has members, so a reused pid is never signalled.
+    """
+    groups = [pid] if running else []
     if kernel_group:
         with contextlib.suppress(OSError, ValueError):
-            groups.append(int((workdir / "kernel.pid").read_text().strip()))
+            kernel = int((workdir / "kernel.pid").read_text().strip())
+            if running or _group_has_members(kernel):
+                groups.append(kernel)
     for group in groups:
         if group > 1 and group != os.getpgrp():
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -455,7 +484,8 @@ async def run(config: Config, ctx: StepContext) -> StepResult:
         (workdir / sub).mkdir(parents=True)
     request = {
         "input": str(source), "output": str(executed), "parameters": config.parameters,
-        "kernel": _kernel_name(document, config), "language": _language(document), "cwd": str(source.parent), "sys_path": list(plan.sys_path),
+        "kernel": _kernel_name(document, config), "language": _language(document), "cwd": str(source.parent),
+        "sys_path": list(plan.sys_path),
         "memory_mb": settings.python_memory_mb, "cpu_seconds": settings.python_cpu_seconds,
         "start_timeout": min(60.0, timeout),
     }
@@ -481,7 +511,7 @@ async def run(config: Config, ctx: StepContext) -> StepResult:
     finally:
         if proc is not None:
             # also after a normal end: what the kernel started in its process group goes with it
-            _kill(proc.pid, workdir, kernel_group=mode == "process")
+            _kill(proc.pid, workdir, running=proc.returncode is None, kernel_group=mode == "process")
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, ProcessLookupError):
                 await asyncio.wait_for(asyncio.shield(proc.wait()), KILL_WAIT)
         kept = _keep_artifact(executed, artifact, ctx.secrets)

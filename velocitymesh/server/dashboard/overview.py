@@ -71,11 +71,14 @@ def overview_page(ctx: PageContext) -> list[Any]:
         theme.kpi("Cost, 30 days", format_cost(cost_30), "model calls"),
         sizing_mode="stretch_width", margin=0,
     )
+    costs = charts.cost_per_workflow(runs)
+    no_cost = theme.html_pane('<div class="muted">No model calls yet: llm and agent steps add their cost here.</div>',
+                              visible=not any(cost for _name, cost, _n in costs))
     plots = pn.Row(
         theme.card(pn.pane.Bokeh(charts.runs_figure(daily), sizing_mode="stretch_width"),
                    title="Runs per day (14 days)"),
         pn.Spacer(width=16),
-        theme.card(pn.pane.Bokeh(charts.cost_figure(charts.cost_per_workflow(runs)), sizing_mode="stretch_width"),
+        theme.card(no_cost, pn.pane.Bokeh(charts.cost_figure(costs), sizing_mode="stretch_width"),
                    title="Cost per workflow"),
         sizing_mode="stretch_width",
     )

@@ -32,6 +32,10 @@ UPDATABLE_RUN_FIELDS = frozenset(
         "tokens",
         "prefect_flow_run_id",
         "heartbeat_at",
+        # a run resumed on another version of its workflow records the version it finished on
+        "version",
+        "spec",
+        "content_hash",
     }
 )
 STEP_FIELDS = frozenset(c.name for c in steps_table.columns) - {"id", "run_id"}
@@ -132,7 +136,7 @@ def create_run(
 
 def update_run(s: Session, run_id: str, **fields: Any) -> None:
     """Set some of: status, error, started_at, finished_at, cost_usd, tokens,
-    prefect_flow_run_id, heartbeat_at. ``run_id`` is the full id."""
+    prefect_flow_run_id, heartbeat_at, version, spec, content_hash. ``run_id`` is the full id."""
     unknown = set(fields) - UPDATABLE_RUN_FIELDS
     if unknown:
         raise TypeError(f"update_run() cannot set {sorted(unknown)}; it sets {sorted(UPDATABLE_RUN_FIELDS)}")
