@@ -81,7 +81,8 @@ def _errors() -> Iterator[None]:
         err = _console(stderr=True)
         err.print(f"[red]error:[/red] {_e(e.message.split(':')[0])}")
         for p in e.problems:
-            err.print(f"  [bold]{_e(p.path)}[/bold]: {_e(p.message)}" + (f" [dim]— {_e(p.hint)}[/dim]" if p.hint else ""))
+            hint = f" [dim]— {_e(p.hint)}[/dim]" if p.hint else ""
+            err.print(f"  [bold]{_e(p.path)}[/bold]: {_e(p.message)}{hint}")
         raise typer.Exit(1) from None
     except VelocityMeshError as e:
         _fail(e.message, e.hint)

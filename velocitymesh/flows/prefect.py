@@ -68,7 +68,7 @@ from prefect.utilities.annotations import allow_failure
 from velocitymesh.errors import StepCancelled, StepError
 from velocitymesh.flows.engine import RESUMABLE, Engine, RunResult, _Execution, _has_step
 from velocitymesh.flows.execute import StepOutcome, cache_key, error_record, execute_step, is_retryable, render_config
-from velocitymesh.flows.recorder import now
+from velocitymesh.flows.recorder import RunRecorder, now
 from velocitymesh.flows.steps import StepContext, get_kind
 from velocitymesh.settings import Settings, get_settings
 from velocitymesh.workspace import store, templating
@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 FLOW_NAME = "run-workflow"
 ENTRYPOINT = "velocitymesh.flows.prefect.run_workflow"  # a module path: workers import it, nothing is uploaded
 TIMEOUT_GRACE = 5.0  # seconds Prefect's timeout waits beyond the step's own
+RECORD_PACE = 0.25  # seconds the run's records may wait to share a transaction (bus events go at once)
 MAX_RETRY_DELAYS = 50  # Prefect's limit on a retry_delay_seconds list; later retries reuse the last delay
 # Set by `velocitymesh worker` for the flow-run processes it starts (see _die_with_worker).
 WORKER_PID_ENV = "VELOCITYMESH_WORKER_PID"
@@ -242,6 +243,10 @@ class _PrefectExecution(_Execution):
         super().__init__(engine, run_id, compiled.spec, inputs, version=version, prior=prior, decisions=decisions,
                          resumed=resumed)
         self.compiled = compiled
+        # A step through Prefect takes milliseconds of Prefect's own work, so each would end a burst of
+        # the write-behind recorder: pace it, one transaction per quarter second instead of one per step.
+        self.recorder = RunRecorder(engine.sf, engine.bus, run_id, engine.workspace.name, engine.listeners,
+                                    pace=RECORD_PACE)
         self.prefect_states: dict[str, State[Any]] = {}
         self._ctxs: dict[str, StepContext] = {}
         self._items: dict[str, list[Any]] = {}

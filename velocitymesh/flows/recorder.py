@@ -12,6 +12,7 @@ reads from the store is never behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -40,9 +41,13 @@ RUNS_CHANNEL = "runs"
 class RunRecorder:
     def __init__(
         self, session_factory: sessionmaker[Session], bus: Bus, run_id: str, workspace: str,
-        listeners: list[Callable[[dict[str, Any]], None]] | None = None,
+        listeners: list[Callable[[dict[str, Any]], None]] | None = None, *, pace: float = 0.0,
     ) -> None:
         self._listeners = listeners if listeners is not None else []
+        # Seconds a change may wait for others before it is written (0 = write at once): for runs
+        # whose steps each take long enough to end a burst, so one transaction covers several.
+        self.pace = pace
+        self._hurry = asyncio.Event()  # flush()/close() cut the pace short
         self._sf = session_factory
         self._bus = bus
         self.run_id = run_id
@@ -91,6 +96,11 @@ class RunRecorder:
     async def _flusher(self) -> None:
         while True:
             await self._wake.wait()
+            if self.pace and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self.pace)
+            if not self._closed:
+                self._hurry.clear()
             self._wake.clear()
             steps, run = list(self._steps.values()), self._run
             self._steps, self._run = {}, {}
@@ -125,10 +135,12 @@ class RunRecorder:
     async def flush(self) -> None:
         if self._task is None:
             return
+        self._hurry.set()
         await self._idle.wait()
 
     async def close(self) -> None:
         self._closed = True
+        self._hurry.set()
         self._wake.set()
         await self.flush()
         if self._task is not None:
