@@ -115,7 +115,8 @@ def main() -> None:
                       ("(c) in-process engine", c)):
         print(f"{label:<34} {statistics.median(xs):>9.3f} {min(xs):>8.3f} "
               f"{statistics.median(xs) / args.steps * 1000:>8.2f}")
-    print(f"{'(a) / (b), median of rounds':<34} {ratio:>9.3f}   target <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'}")
+    verdict = "met" if ratio <= 1.15 else "NOT met"
+    print(f"{'(a) / (b), median of rounds':<34} {ratio:>9.3f}   target <= 1.15: {verdict}")
     print(f"{'(a) / (b), CPU time':<34} {cpu_ratio:>9.3f}   (a) {statistics.median(result['compiled_cpu']):.3f} s, "
           f"(b) {statistics.median(result['plain_cpu']):.3f} s of CPU per run; load average {os.getloadavg()[0]:.1f}")
     print(json.dumps({

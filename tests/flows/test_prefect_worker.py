@@ -159,7 +159,7 @@ def test_two_workers_execute_each_flow_run_once(on_pool: Any, worker_pair: Pair,
             slot = min(scheduled, key=lambda r: r.expected_start_time)
             await client.set_flow_run_state(slot.id, Scheduled(scheduled_time=datetime.now(UTC)), force=True)
             ids = [slot.id] + [await prefect_deploy.trigger(settings, d) for _ in range(triggered)]
-            finals = [await prefect_deploy.wait_for_flow_run(i, timeout=300) for i in ids]
+            finals = [await prefect_deploy.wait_for_flow_run(settings, i, timeout=300) for i in ids]
             assert all(s.is_completed() for s in finals), [s.name for s in finals]
             runs = [await client.read_flow_run(i) for i in ids]
             later = await client.read_flow_runs(flow_run_filter=FlowRunFilter(

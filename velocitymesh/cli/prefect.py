@@ -241,7 +241,7 @@ async def _run_once(ws: _Workspace, target: str, spec: Any, inputs: dict[str, An
         if d is not None and await prefect_deploy.worker_online(settings):
             flow_run_id = await prefect_deploy.trigger(settings, d, inputs=inputs, version=version)
             err.print(f"flow run {flow_run_id} of {d.full_name} handed to work pool {d.work_pool}; waiting…")
-            state = await prefect_deploy.wait_for_flow_run(flow_run_id)
+            state = await prefect_deploy.wait_for_flow_run(settings, flow_run_id)
             return _stored_result(ws, compiler.run_id_for(flow_run_id), state)
         pinned = version if version is not None else (d.version if d is not None else None)
         entrypoint: Any = compiler.run_workflow  # a Flow; called with return_state it gives the final state

@@ -3,10 +3,11 @@
 ``compile_workflow(spec)`` gives one Prefect task per step, named after the step id, whose
 body is one attempt of :func:`~velocitymesh.flows.execute.execute_step` — the very code the
 in-process engine runs. Around the tasks stands the in-process engine's own scheduler
-(:class:`~velocitymesh.flows.engine._Execution`, one method overridden), so ``needs``,
+(:class:`~velocitymesh.flows.engine._Execution`, with its step call overridden), so ``needs``,
 ``when``, branches, ``on_error`` handlers, concurrency, budgets, approvals and the run and
-step records with their bus events are the same code whichever engine runs a workflow.
-What Prefect owns:
+step records with their bus events are the same code whichever engine runs a workflow (the
+records are written in quarter-second batches: each Prefect task takes long enough to end
+the recorder's burst). What Prefect owns:
 
 * **Dependencies**: a task is called once its needs are done, with ``wait_for`` set to their
   task runs (``allow_failure``, because ``on_error: continue`` and error handlers run after
@@ -68,6 +69,7 @@ from prefect.utilities.annotations import allow_failure
 from velocitymesh.errors import StepCancelled, StepError
 from velocitymesh.flows.engine import RESUMABLE, Engine, RunResult, _Execution, _has_step
 from velocitymesh.flows.execute import StepOutcome, cache_key, error_record, execute_step, is_retryable, render_config
+from velocitymesh.flows.prefect_deploy import FLOW_NAME
 from velocitymesh.flows.recorder import RunRecorder, now
 from velocitymesh.flows.steps import StepContext, get_kind
 from velocitymesh.settings import Settings, get_settings
@@ -77,8 +79,6 @@ from velocitymesh.workspace.spec import Retries, Step, Workflow
 
 log = logging.getLogger(__name__)
 
-FLOW_NAME = "run-workflow"
-ENTRYPOINT = "velocitymesh.flows.prefect.run_workflow"  # a module path: workers import it, nothing is uploaded
 TIMEOUT_GRACE = 5.0  # seconds Prefect's timeout waits beyond the step's own
 RECORD_PACE = 0.25  # seconds the run's records may wait to share a transaction (bus events go at once)
 MAX_RETRY_DELAYS = 50  # Prefect's limit on a retry_delay_seconds list; later retries reuse the last delay
@@ -210,6 +210,16 @@ def _should_retry(_task: Any, _task_run: Any, state: State[Any]) -> bool:
     return isinstance(exc, BaseException) and is_retryable(exc)
 
 
+class _Settled(State[Any]):
+    """An upstream task run's final state as its ``wait_for`` future reports it. Prefect checks that it
+    is final, then asks for its result — which no task reads (the engine hands each step its inputs),
+    so it is answered here instead of by a blocking round trip through Prefect's loop thread, once
+    per step."""
+
+    def result(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return None
+
+
 class _Finished(PrefectTaskRunFuture[Any]):
     """A finished upstream task run, as ``wait_for``: Prefect records the edge from its id.
 
@@ -220,13 +230,13 @@ class _Finished(PrefectTaskRunFuture[Any]):
 
     def __init__(self, state: State[Any]) -> None:
         super().__init__(state.state_details.task_run_id)  # type: ignore[arg-type]
-        self._final_state = state.model_copy(update={"data": True})
+        self._final_state = _Settled(type=state.type, name=state.name, state_details=state.state_details)
 
     def wait(self, timeout: float | None = None) -> None:
         return None
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
-        return True
+        return None
 
     def add_done_callback(self, fn: Any) -> None:
         fn(self)

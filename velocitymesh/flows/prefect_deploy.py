@@ -18,18 +18,20 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from prefect.client.orchestration import PrefectClient, get_client
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
 from velocitymesh.errors import ConfigurationError, NotFoundError, UsageError
-from velocitymesh.flows.prefect import ENTRYPOINT, FLOW_NAME, run_workflow
+from velocitymesh.flows.prefect_server import ensure_prefect_api
 from velocitymesh.settings import Settings
 from velocitymesh.workspace import store
 from velocitymesh.workspace.inputs import resolve_inputs
 
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
+
+FLOW_NAME = "run-workflow"  # the entrypoint flow's name
+ENTRYPOINT = "velocitymesh.flows.prefect.run_workflow"  # a module path: workers import it, nothing is uploaded
 TAG = "velocitymesh"
 SCHEDULE_SLUG = "trigger"  # the one schedule of a deployment: the workflow's trigger.schedule
 DEFAULT_WORKSPACE = "default"
@@ -54,6 +56,15 @@ class DeploymentInfo:
         return f"{FLOW_NAME}/{self.name}"
 
 
+def prefect_client(settings: Settings) -> PrefectClient:
+    """A Prefect client of the API velocitymesh uses (``PREFECT_API_URL``, else the local server,
+    started if need be) — chosen before prefect is first imported, as Prefect requires."""
+    ensure_prefect_api(settings)
+    from prefect.client.orchestration import get_client
+
+    return get_client()
+
+
 def deployment_name(workspace: str, workflow: str) -> str:
     # '.' cannot occur in a workspace-less slug, so the two parts never blur
     return workflow if workspace == DEFAULT_WORKSPACE else f"{workspace}.{workflow}"
@@ -61,6 +72,8 @@ def deployment_name(workspace: str, workflow: str) -> str:
 
 async def ensure_work_pool(client: PrefectClient, pool: str) -> None:
     """Create the process work pool unless it exists (idempotent under races)."""
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
     try:
         await client.read_work_pool(pool)
         return
@@ -87,7 +100,10 @@ async def deploy(
     resolve_inputs(spec, inputs)  # checked now rather than at 9 am on Monday; kept as given
     schedule = _schedule(spec, cron, timezone)
     from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentScheduleUpdate, DeploymentUpdate
+    from prefect.exceptions import ObjectNotFound
     from prefect.utilities.callables import parameter_schema
+
+    from velocitymesh.flows.prefect import run_workflow
 
     fields: dict[str, Any] = dict(
         version=f"v{version}" if version is not None else "latest",
@@ -101,7 +117,7 @@ async def deploy(
         enforce_parameter_schema=True,
     )
     name = deployment_name(ws, workflow)
-    async with get_client() as client:
+    async with prefect_client(settings) as client:
         await ensure_work_pool(client, settings.prefect_work_pool)
         try:
             existing = await client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
@@ -165,8 +181,10 @@ def _schedule(spec: Any, cron: str | None, timezone: str | None) -> Any:
 
 async def undeploy(settings: Settings, workflow: str, *, workspace: str | None = None) -> bool:
     """Delete the deployment (and with it its scheduled runs); False when there was none."""
+    from prefect.exceptions import ObjectNotFound
+
     ws = workspace or settings.workspace
-    async with get_client() as client:
+    async with prefect_client(settings) as client:
         try:
             d = await client.read_deployment_by_name(f"{FLOW_NAME}/{deployment_name(ws, workflow)}")
         except ObjectNotFound:
@@ -181,7 +199,7 @@ async def list_deployments(settings: Settings, *, workspace: str | None = None, 
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags, FlowFilter, FlowFilterName
 
     ws = workspace or settings.workspace
-    async with get_client() as client:
+    async with prefect_client(settings) as client:
         found = await client.read_deployments(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
             deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=[TAG, f"workspace:{ws}"])),
@@ -191,8 +209,11 @@ async def list_deployments(settings: Settings, *, workspace: str | None = None, 
 
 async def find_deployment(settings: Settings, workflow: str, *, workspace: str | None = None
                           ) -> DeploymentInfo | None:
+    """The deployment of ``workflow``, or None."""
+    from prefect.exceptions import ObjectNotFound
+
     ws = workspace or settings.workspace
-    async with get_client() as client:
+    async with prefect_client(settings) as client:
         try:
             d = await client.read_deployment_by_name(f"{FLOW_NAME}/{deployment_name(ws, workflow)}")
         except ObjectNotFound:
@@ -242,8 +263,9 @@ async def _describe(client: PrefectClient, deployments: list[Any], next_runs: in
 async def worker_online(settings: Settings) -> bool:
     """Whether a worker polls the work pool now (Prefect marks a pool READY while one does)."""
     from prefect.client.schemas.objects import WorkPoolStatus
+    from prefect.exceptions import ObjectNotFound
 
-    async with get_client() as client:
+    async with prefect_client(settings) as client:
         try:
             pool = await client.read_work_pool(settings.prefect_work_pool)
         except ObjectNotFound:
@@ -259,17 +281,18 @@ async def trigger(settings: Settings, deployment: DeploymentInfo, *, inputs: dic
         params["inputs"] = {**deployment.inputs, **inputs}
     if version is not None:
         params["version"] = version
-    async with get_client() as client:
+    async with prefect_client(settings) as client:
         flow_run = await client.create_flow_run_from_deployment(deployment.id, parameters=params,
                                                                 tags=[TAG, "triggered"])
         return flow_run.id
 
 
-async def wait_for_flow_run(flow_run_id: UUID, *, timeout: float | None = None, poll: float = 0.5) -> Any:
+async def wait_for_flow_run(settings: Settings, flow_run_id: UUID, *, timeout: float | None = None,
+                            poll: float = 0.5) -> Any:
     """Wait until the flow run is final; returns its state."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    async with get_client() as client:
+    async with prefect_client(settings) as client:
         while True:
             fr = await client.read_flow_run(flow_run_id)
             if fr.state is not None and fr.state.is_final():
