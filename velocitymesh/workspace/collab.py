@@ -11,8 +11,12 @@ step through the store and the bus:
   Redis pub/sub when ``VM_REDIS_URL`` is set). A process killed mid-edit therefore loses
   at most the edits it had not yet stored, which are also the ones nobody had seen.
 - Remote updates from the bus are applied (our own are recognised by the hub's peer id
-  and skipped). CRDT updates commute and are idempotent, so order, duplicates and a
-  resync that re-reads what we already have are all harmless.
+  and skipped). CRDT updates are idempotent, so duplicates and a resync that re-reads
+  what we already have are harmless. Each peer numbers what it publishes per draft, and
+  a replica applies every peer's updates in that order: an update that arrives after a
+  gap (a message lost while Redis reconnected) is held back and the draft is re-read
+  from the store first — pycrdt 0.14 can drop an insertion when one client's updates
+  arrive out of order, so we never let them.
 - The first process to open a draft seeds it from the workflow's latest version: it
   writes the seed as the draft's snapshot with ``INSERT … ON CONFLICT DO NOTHING`` and
   then reads back whichever seed won, so two processes opening together never insert
@@ -168,6 +172,7 @@ class CollabHub:
         self._store_down = False
         self._status_callbacks: list[StatusCallback] = []
         self._thread: int | None = None
+        self._writer: asyncio.Task[Any] | None = None
         self._started = False
         self._closed = False
 
@@ -291,10 +296,13 @@ class CollabHub:
         if doc._opens > 0 or self._docs.get(doc.workflow) is not doc:
             return
         await self.flush(timeout=5.0)
-        for p in [p for p in doc._presence.values() if p.local]:
-            await self._publish(doc, {"kind": "leave", "user": p.user})
+        if doc._opens > 0:  # opened again while we were flushing
+            return
         self._docs.pop(doc.workflow, None)
+        leaving = [p.user for p in doc._presence.values() if p.local]
         doc.dispose()
+        for user in leaving:
+            await self._publish(doc, {"kind": "leave", "user": user})
 
     async def close(self) -> None:
         """Store and publish what is pending, say goodbye, stop."""
@@ -333,16 +341,17 @@ class CollabHub:
         self._outbox_ready = asyncio.Event()
         self._flushed = asyncio.Condition()
         await self._subscribe()
-        self._spawn(self._write_forever())
+        self._writer = self._spawn(self._write_forever())
         self._spawn(self._tick_forever())
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any] | None:
         if self._closed:
             coro.close()
-            return
+            return None
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -417,7 +426,7 @@ class CollabHub:
             doc.follow(peer, seq)
             if doc.receive(update, peer=peer, seq=seq, origin=origin) == "held":
                 # An update went missing on the bus; the store has it (stored before published).
-                self._spawn(self.resync(name))
+                self._request_resync(name)
             doc._log_rows += 1
             self._maybe_compact(doc)
         elif kind == "presence" and isinstance(event.get("user"), str):
@@ -429,7 +438,7 @@ class CollabHub:
                 if p.local:
                     self._announce(doc, p)
         elif kind == "resync":
-            self._spawn(self.resync(doc.workflow))
+            self._request_resync(name)
 
     async def _tick_forever(self) -> None:
         last_beat = time.monotonic()
@@ -465,7 +474,7 @@ class CollabHub:
             return
         try:
             await self.bus.publish(self.channel_prefix + "-", {"kind": "ping", "peer": self.peer})
-        except ConfigurationError:
+        except UsageError:  # ConfigurationError: still unreachable (or the bus was closed)
             return
         self._set_down(redis=False)
         log.info("collaboration: Redis is back; re-reading %d open draft(s) from the store", len(self._docs))
@@ -475,6 +484,12 @@ class CollabHub:
             for p in [p for p in doc._presence.values() if p.local]:
                 await self._publish(doc, self._presence_event(p))
 
+    def _request_resync(self, name: str) -> None:
+        if name in self._resyncing:
+            self._resyncing[name] = True  # read again when the running read is done
+        else:
+            self._spawn(self.resync(name))
+
     async def resync(self, name: str | None = None) -> None:
         """Re-read drafts (one, or every open one) from the store and merge what we missed."""
         if name is None:
@@ -483,7 +498,7 @@ class CollabHub:
             docs = [self._docs[name]] if name in self._docs else []
         for doc in docs:
             if doc.workflow in self._resyncing:
-                self._resyncing[doc.workflow] = True  # once more when the running one ends
+                self._resyncing[doc.workflow] = True
                 continue
             self._resyncing[doc.workflow] = False
             try:
@@ -494,8 +509,10 @@ class CollabHub:
                         log.warning("collaboration could not re-read %s from the store: %s", doc.workflow, e)
                         break
                     self._apply_state(doc, state)
-                    doc.release_held()
                     if not self._resyncing[doc.workflow]:
+                        # Held updates go through only after a read that began after they
+                        # were held: that read holds everything published before them.
+                        doc.release_held()
                         break
                     self._resyncing[doc.workflow] = False
             finally:
@@ -518,6 +535,8 @@ class CollabHub:
         """Wait until every local edit made so far is stored and published; False on timeout."""
         if self._flushed is None:
             return True
+        if self._writer is None or self._writer.done():
+            return self._done_seq >= self._seq  # nobody left to write (the hub was stopped)
         target = self._seq
         try:
             async with asyncio.timeout(timeout), self._flushed:
@@ -533,7 +552,7 @@ class CollabHub:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             while self._outbox:
-                batch = _coalesce(self._outbox)
+                batch, done = _coalesce(self._outbox)
                 try:
                     await asyncio.to_thread(self._store, batch)
                 except Exception as e:
@@ -544,7 +563,6 @@ class CollabHub:
                     continue
                 delay = 0.1
                 self._set_down(store=False)
-                done = batch[-1].seq
                 self._outbox = [o for o in self._outbox if o.seq > done]
                 for item in batch:
                     seq = self._sent[item.doc.workflow] = self._sent.get(item.doc.workflow, 0) + 1
@@ -559,9 +577,12 @@ class CollabHub:
                     self._flushed.notify_all()
 
     def _store(self, batch: list[_Outgoing]) -> None:
-        with session_scope(self.sessions) as s:
-            for item in batch:
-                append_collab_updates(s, self.workspace_id, item.doc.workflow, [(item.update, self.peer)])
+        by_draft: dict[str, list[tuple[bytes, str]]] = {}
+        for item in batch:
+            by_draft.setdefault(item.doc.workflow, []).append((item.update, self.peer))
+        with session_scope(self.sessions) as s:  # one transaction, one INSERT per draft
+            for name, rows in by_draft.items():
+                append_collab_updates(s, self.workspace_id, name, rows)
 
     def _announce(self, doc: LiveDocument, entry: Presence) -> None:
         self._spawn(self._publish(doc, self._presence_event(entry)))
@@ -594,17 +615,18 @@ class CollabHub:
 
     async def _compact_soon(self, doc: LiveDocument) -> None:
         try:
-            await self.compact(doc.workflow)
+            # Every process counts the updates it sees, so several may try at once: the one
+            # that gets there first folds the log, the others find it short and leave it.
+            await self.compact(doc.workflow, min_updates=max(1, self.compact_every // 2))
         finally:
             self._compacting.discard(doc.workflow)
 
-    async def compact(self, name: str) -> int:
-        """Fold the draft's update log into its snapshot now; return how many updates were folded."""
+    async def compact(self, name: str, *, min_updates: int = 1) -> int:
+        """Fold the draft's update log into its snapshot now; return how many updates were folded
+        (updates that do not decode are dropped with a warning)."""
 
         def run(s: Session) -> int:
-            return compact_collab_updates(
-                s, self.workspace_id, name, merge_states, min_updates=max(1, self.compact_every // 2)
-            )
+            return compact_collab_updates(s, self.workspace_id, name, merge_states, min_updates=min_updates)
 
         try:
             folded = await self._in_session(run)
@@ -649,13 +671,18 @@ class CollabHub:
         return await asyncio.to_thread(run)
 
 
-def _coalesce(outbox: list[_Outgoing]) -> list[_Outgoing]:
-    """The outbox with consecutive updates of one draft and origin merged (fast typing: fewer rows)."""
-    batch: list[_Outgoing] = []
-    for item in outbox[:256]:
-        last = batch[-1] if batch else None
-        if last is not None and last.doc is item.doc and last.origin == item.origin:
-            batch[-1] = _Outgoing(item.doc, merge_updates(last.update, item.update), item.origin, item.seq)
+def _coalesce(outbox: list[_Outgoing], limit: int = 512) -> tuple[list[_Outgoing], int]:
+    """The next batch to write: the first ``limit`` outgoing updates, those of one draft and
+    one origin merged into one (fast typing, many drafts: few rows and few messages). Each
+    draft's updates keep their order; different drafts are independent. Also returns the
+    sequence number of the last update the batch covers."""
+    taken = outbox[:limit]
+    runs: dict[int, list[_Outgoing]] = {}  # per draft, its runs of one origin
+    for item in taken:
+        draft = runs.setdefault(id(item.doc), [])
+        if draft and draft[-1].origin == item.origin:
+            last = draft[-1]
+            draft[-1] = _Outgoing(item.doc, merge_updates(last.update, item.update), item.origin, item.seq)
         else:
-            batch.append(item)
-    return batch
+            draft.append(item)
+    return [item for draft in runs.values() for item in draft], taken[-1].seq

@@ -25,13 +25,13 @@ import logging
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from pycrdt import Doc, Map, Subscription, Text, TextEvent, TransactionEvent, get_state
+from pycrdt import Doc, Map, Subscription, Text, TextEvent, TransactionEvent, get_state, merge_updates
 
 from velocitymesh.errors import UsageError
 from velocitymesh.workspace.collab_text import CrdtUnits, TextChange, changes_from_delta, diff_text, shift_index
@@ -50,7 +50,7 @@ ChangeCallback = Callable[[str, list[TextChange], str], None]
 PresenceCallback = Callable[[list["Presence"]], None]
 Received = Literal["applied", "duplicate", "held", "rejected"]
 
-HISTORY = 32  # recent texts whose state set_text(base=...) can fork from
+HISTORY = 32  # at least this many recent texts can be the base of set_text(base=...)
 REMOTE = "remote:"  # prefix of the origin of every change that did not start in this process
 
 
@@ -132,7 +132,11 @@ class LiveDocument:
         self._change_callbacks: list[ChangeCallback] = []
         self._presence_callbacks: list[PresenceCallback] = []
         self._presence: dict[tuple[str, str], Presence] = {}
-        self._history: OrderedDict[str, bytes] = OrderedDict()
+        # For set_text(base=...): every update since `_past_state` (whose text is `_past_text`),
+        # each with the text it left; the oldest are folded into `_past_state` in bulk.
+        self._past_state = b""
+        self._past_text = ""
+        self._recent: list[tuple[bytes, str | None]] = []
         self._opens = 0
         self._disposed = False
         self._log_rows = 0  # updates in the store's log not yet compacted (an estimate)
@@ -198,13 +202,13 @@ class LiveDocument:
         ``base`` is the draft's text the editor last showed, when the editor may lag behind
         (a browser edit crossing a remote one): the edit is then made against that text and
         merged like a concurrent edit, so remote changes the editor never showed are kept,
-        not reverted. The draft remembers its last few texts; an unknown ``base`` falls
-        back to diffing against the current text.
+        not reverted. The draft remembers its last few dozen texts; an unknown ``base``
+        falls back to diffing against the current text.
         """
         if not isinstance(new_text, str):
             raise UsageError(f"the draft's text must be a string, not {type(new_text).__name__}")
         if base is not None and base != self._text:
-            state = self._history.get(base)
+            state = self._state_at(base)
             if state is not None:
                 return self._merge_edit(state, base, new_text, origin)
             log.debug("set_text on %s: base text is no longer remembered; diffing against the current text",
@@ -440,6 +444,7 @@ class LiveDocument:
             raise UsageError(f"a local edit's origin must be a string not starting with {REMOTE!r}: {origin!r}")
 
     def _on_transaction(self, event: TransactionEvent) -> None:
+        self._recent.append((event.update, None))
         if not self._applying_remote:
             self._outgoing.append((event.update, self._origin))
 
@@ -462,8 +467,7 @@ class LiveDocument:
                 self._hub._enqueue(self, update, origin)
         made: list[TextChange] = []
         moved = False
-        if self._notifications:
-            self._remember()
+        self._remember()
         while self._notifications:
             new, changes, origin = self._notifications.popleft()
             made.extend(changes)
@@ -478,11 +482,24 @@ class LiveDocument:
         return made
 
     def _remember(self) -> None:
-        """Keep the state behind the current text, for ``set_text(base=...)``."""
-        self._history[self._text] = self._doc.get_update()
-        self._history.move_to_end(self._text)
-        while len(self._history) > HISTORY:
-            self._history.popitem(last=False)
+        """Note the text each new update left, and fold the oldest updates away in bulk
+        (one merge per HISTORY transactions, not a full encoding per transaction)."""
+        self._recent = [(u, self._text if t is None else t) for u, t in self._recent]
+        if len(self._recent) > 2 * HISTORY:
+            old, self._recent = self._recent[:HISTORY], self._recent[HISTORY:]
+            parts = ([self._past_state] if self._past_state else []) + [u for u, _ in old]
+            self._past_state = merge_updates(*parts)
+            self._past_text = old[-1][1] or ""
+
+    def _state_at(self, text: str) -> bytes | None:
+        """The document's state when it last read ``text`` (within the remembered window)."""
+        for k in range(len(self._recent) - 1, -1, -1):
+            if self._recent[k][1] == text:
+                parts = [self._past_state] if self._past_state else []
+                return merge_updates(*parts, *(u for u, _ in self._recent[: k + 1]))
+        if text == self._past_text:
+            return self._past_state or None
+        return None
 
     def _shift_presence(self, changes: list[TextChange]) -> bool:
         moved = False
