@@ -10,7 +10,6 @@ turns of one role merged as the API requires.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,19 +20,18 @@ from velocitymesh.agents.providers.base import (
     CompletionRequest,
     CompletionResponse,
     Message,
-    Model,
     OnToken,
     ToolCall,
     Usage,
 )
-from velocitymesh.agents.providers.retry import retry_after, with_retries
+from velocitymesh.agents.providers.retry import retry_after
 from velocitymesh.agents.providers.schema import (
     is_context_error,
     parse_arguments,
     server_message,
-    unwrap_text,
     wire_schema,
 )
+from velocitymesh.agents.providers.sdk import Progress, SDKModel
 from velocitymesh.errors import ConfigurationError, ProviderError, RateLimited, UsageError, VelocityMeshError
 
 if TYPE_CHECKING:
@@ -63,12 +61,7 @@ def anthropic_model(name: str, settings: Settings) -> AnthropicModel:
                           capabilities=capabilities(f"anthropic:{name}"))
 
 
-@dataclass
-class _Progress:
-    emitted: bool = False
-
-
-class AnthropicModel(Model):
+class AnthropicModel(SDKModel):
     provider = "anthropic"
 
     def __init__(
@@ -95,38 +88,6 @@ class AnthropicModel(Model):
                 self._client = AsyncAnthropic(api_key=self._api_key or NO_KEY, base_url=self._base_url,
                                               max_retries=0, timeout=self.settings.llm_timeout)
         return self._client
-
-    async def _ready(self) -> None:
-        # Importing the SDK and loading TLS certificates take seconds on a cold start: done in a
-        # thread so the event loop (a server, other runs) keeps going meanwhile.
-        if self._client is None:
-            await asyncio.to_thread(self.client)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
-    async def complete(self, request: CompletionRequest, *, on_token: OnToken | None = None) -> CompletionResponse:
-        params = self.params(request)
-        stream = (on_token is not None or request.stream) and self.capabilities.streaming
-        progress = _Progress()
-        await self._ready()
-
-        async def send() -> CompletionResponse:
-            try:
-                if stream:
-                    return await self._stream(params, on_token, progress)
-                return await self._once(params)
-            except VelocityMeshError:
-                raise
-            except Exception as e:
-                raise self.translate(e) from e
-
-        response = await with_retries(send, self.settings, what=self.model_string, started=lambda: progress.emitted)
-        if request.json_schema is not None:
-            response.text = unwrap_text(request.json_schema, response.text)
-        return response
 
     # --- request ---------------------------------------------------------------------
     def params(self, request: CompletionRequest) -> dict[str, Any]:
@@ -166,7 +127,7 @@ class AnthropicModel(Model):
         return acc.response()
 
     async def _stream(
-        self, params: dict[str, Any], on_token: OnToken | None, progress: _Progress
+        self, params: dict[str, Any], on_token: OnToken | None, progress: Progress
     ) -> CompletionResponse:
         stream = await self.client().messages.create(**params, stream=True)
         acc = _Accumulator(model=self.name)
@@ -210,7 +171,7 @@ class AnthropicModel(Model):
         return acc.response()
 
     @staticmethod
-    async def _emit(text: str, acc: _Accumulator, on_token: OnToken | None, progress: _Progress) -> None:
+    async def _emit(text: str, acc: _Accumulator, on_token: OnToken | None, progress: Progress) -> None:
         acc.add_text(text)
         progress.emitted = True
         if on_token is not None:

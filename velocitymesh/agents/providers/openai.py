@@ -9,7 +9,6 @@ retries are off (``max_retries=0``): :mod:`.retry` is the one policy.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,21 +18,20 @@ from velocitymesh.agents.providers.base import (
     CompletionRequest,
     CompletionResponse,
     Message,
-    Model,
     OnToken,
     ToolCall,
     Usage,
 )
-from velocitymesh.agents.providers.retry import retry_after, with_retries
+from velocitymesh.agents.providers.retry import retry_after
 from velocitymesh.agents.providers.schema import (
     dump_arguments,
     is_context_error,
     parse_arguments,
     server_message,
     strict_compatible,
-    unwrap_text,
     wire_schema,
 )
+from velocitymesh.agents.providers.sdk import Progress, SDKModel
 from velocitymesh.errors import ConfigurationError, ProviderError, RateLimited, UsageError, VelocityMeshError
 
 if TYPE_CHECKING:
@@ -79,14 +77,7 @@ def compatible_model(name: str, settings: Settings) -> OpenAIModel:
     )
 
 
-@dataclass
-class _Progress:
-    """What a streamed attempt has passed on already (a started stream is not retried)."""
-
-    emitted: bool = False
-
-
-class OpenAIModel(Model):
+class OpenAIModel(SDKModel):
     def __init__(
         self, provider: str, name: str, settings: Settings, *, api_key: str, base_url: str | None, key_var: str,
         url_var: str, capabilities: Capabilities,
@@ -108,38 +99,6 @@ class OpenAIModel(Model):
             self._client = AsyncOpenAI(api_key=self._api_key, base_url=self._base_url, max_retries=0,
                                        timeout=self.settings.llm_timeout)
         return self._client
-
-    async def _ready(self) -> None:
-        # Importing the SDK and loading TLS certificates take seconds on a cold start: done in a
-        # thread so the event loop (a server, other runs) keeps going meanwhile.
-        if self._client is None:
-            await asyncio.to_thread(self.client)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
-    async def complete(self, request: CompletionRequest, *, on_token: OnToken | None = None) -> CompletionResponse:
-        params = self.params(request)
-        stream = (on_token is not None or request.stream) and self.capabilities.streaming
-        progress = _Progress()
-        await self._ready()
-
-        async def send() -> CompletionResponse:
-            try:
-                if stream:
-                    return await self._stream(params, on_token, progress)
-                return await self._once(params)
-            except VelocityMeshError:
-                raise
-            except Exception as e:
-                raise self.translate(e) from e
-
-        response = await with_retries(send, self.settings, what=self.model_string, started=lambda: progress.emitted)
-        if request.json_schema is not None:
-            response.text = unwrap_text(request.json_schema, response.text)
-        return response
 
     # --- request ---------------------------------------------------------------------
     def params(self, request: CompletionRequest) -> dict[str, Any]:
@@ -187,7 +146,7 @@ class OpenAIModel(Model):
                                   model=completion.model or self.name)
 
     async def _stream(
-        self, params: dict[str, Any], on_token: OnToken | None, progress: _Progress
+        self, params: dict[str, Any], on_token: OnToken | None, progress: Progress
     ) -> CompletionResponse:
         stream = await self.client().chat.completions.create(
             **params, stream=True, stream_options={"include_usage": True}
