@@ -203,6 +203,7 @@ def conduct(args: argparse.Namespace) -> None:
             raise SystemExit(f"cannot reach Postgres at {PG_ADMIN_URL} ({e.orig}); pass --database-url") from e
         database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + scratch
     home = Path(tempfile.mkdtemp(prefix="vm-bench-collab-"))
+    load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     processes: list[Process] = []
     try:
         prepare(database_url, args.docs)
@@ -257,6 +258,8 @@ def conduct(args: argparse.Namespace) -> None:
         "converged_pct": round(100 * identical / args.docs, 1),
         "all_edits_present_pct": round(100 * complete / args.docs, 1),
         "status": [w_final["status"], r_final["status"]],
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
     }
     result["meets_target"] = bool(latencies) and result["p95_ms"] <= TARGET_P95_MS and identical == args.docs

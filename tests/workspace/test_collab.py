@@ -142,11 +142,14 @@ class Net:
             net.sent.append(0)
             # Fixed client ids: the CRDT orders concurrent inserts by them, and hypothesis
             # needs a test case to run the same way twice.
-            net.docs.append(LiveDocument("wf", client_id=i + 1, on_update=lambda u, o, i=i: net._broadcast(i, u)))
+            net.docs.append(LiveDocument("wf", client_id=i + 1, on_update=net._sender(i)))
         if text:
             net.docs[0].set_text(text)
             net.deliver_all()
         return net
+
+    def _sender(self, i: int) -> Callable[[bytes, str], None]:
+        return lambda update, origin: self._broadcast(i, update)
 
     def _broadcast(self, sender: int, update: bytes) -> None:
         self.log.append(update)
@@ -271,7 +274,8 @@ def test_concurrent_set_text_on_different_lines_keeps_all_of_them(data: st.DataO
     for step in range(data.draw(st.integers(1, 30), label="steps")):
         who = data.draw(st.integers(0, n - 1))
         mine = [i for i in range(size) if owner[i] == who]
-        if mine and data.draw(st.booleans()):
+        edit: bool = data.draw(st.booleans())
+        if mine and edit:
             line = data.draw(st.sampled_from(mine))
             suffix = data.draw(st.text(alphabet="ab é😀", max_size=6))
             new_value = f"key{line}: v{step}-{who}{suffix}"

@@ -137,8 +137,8 @@ def test_update_run(store: Store) -> None:
     run = _run(store)
     with store.session() as s:
         update_run(s, run.id, status="failed", error={"type": "X", "message": "no"}, cost_usd=0.5, tokens=7)
-        with pytest.raises(TypeError, match="spec"):
-            update_run(s, run.id, spec={})
+        with pytest.raises(TypeError, match="inputs"):  # what a run was given never changes
+            update_run(s, run.id, inputs={})
         with pytest.raises(NotFoundError):
             update_run(s, "0" * 32, status="failed")
     with store.session() as s:
