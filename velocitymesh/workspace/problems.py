@@ -131,7 +131,9 @@ _PATTERN_HINTS = {
 }
 
 
-def _json_kind(value: Any) -> str:
+def json_type(value: Any, *, mapping: str = "a mapping") -> str:
+    """What kind of JSON value ``value`` is, in words ("a list", "null"); ``mapping`` names
+    an object (YAML authors know "a mapping", template authors "an object")."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -143,8 +145,8 @@ def _json_kind(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
+        return mapping
+    return f"a Python {type(value).__name__}"
 
 
 def problem_from_error(
@@ -171,10 +173,10 @@ def problem_from_error(
         hint = _PATTERN_HINTS.get(field, msg)
         return Problem(path, f"invalid {field or 'value'} {short_repr(value)}", hint)
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return Problem(path, f"expected a mapping, not {_json_kind(value)}", "write it as key: value lines")
+        return Problem(path, f"expected a mapping, not {json_type(value)}", "write it as key: value lines")
     if kind == "list_type":
         return Problem(
-            path, f"expected a list, not {_json_kind(value)}", "write it as [a, b] or as '- a' lines"
+            path, f"expected a list, not {json_type(value)}", "write it as [a, b] or as '- a' lines"
         )
     if kind == "literal_error":
         return Problem(path, f"{msg}, not {short_repr(value)}", "use one of the values listed")

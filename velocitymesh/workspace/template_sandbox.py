@@ -26,6 +26,7 @@ from jinja2.utils import missing
 from jinja2.visitor import NodeTransformer
 
 from velocitymesh.errors import TemplateError
+from velocitymesh.workspace.problems import json_type as describe_json_type
 
 DEFAULT_MAX_BYTES = 1_000_000
 DEFAULT_TIME_LIMIT = 2.0
@@ -145,19 +146,7 @@ def fail_undefined(value: Undefined) -> Any:
 
 
 def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return f"a Python {type(value).__name__}"
+    return describe_json_type(value, mapping="an object")
 
 
 def ensure_plain(value: Any, *, where: str = "the context") -> None:
