@@ -184,6 +184,57 @@ def test_two_workers_execute_each_flow_run_once(on_pool: Any, worker_pair: Pair,
     assert hit_server.count("/hit/") == {f"/hit/{r.id}": 1 for r in recorded.values()}
 
 
+def test_a_run_cancelled_in_prefect_is_recorded_cancelled(
+    on_pool: Any, worker_pair: Pair, hit_server: HitServer
+) -> None:
+    """Cancelling a flow run the way Prefect's UI does (state Cancelling) stops its process, and the
+    store says the run was cancelled, not crashed, with the step that was in flight."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    from velocitymesh.flows import prefect_deploy
+    from velocitymesh.flows.prefect import run_id_for
+
+    settings = on_pool(worker_pair.pool)
+    name = f"cancelled-{uuid.uuid4().hex[:6]}"
+    save({"name": name, "steps": [
+        {"id": "first", "kind": "http", "with": {"url": hit_server.url + "/hit/first-{{ run.id }}"}},
+        {"id": "slow", "kind": "http", "needs": ["first"], "timeout": 200,
+         "with": {"url": hit_server.url + "/hang/{{ run.id }}", "timeout": 150}},
+    ]})
+    d = asyncio.run(prefect_deploy.deploy(settings, name))
+    flow_run_id = asyncio.run(prefect_deploy.trigger(settings, d))
+    run_id = run_id_for(flow_run_id)
+
+    def slow_is_running() -> bool:
+        try:
+            run = stored_run(run_id)
+        except Exception:
+            return False
+        return run.steps.get("slow") is not None and run.steps["slow"].status == "running"
+
+    wait_until(slow_is_running, 240, what="step `slow` to be running on the worker")
+
+    async def cancel() -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(flow_run_id, Cancelling(message="stopped from the UI"), force=True)
+
+    asyncio.run(cancel())
+    cancelled = wait_until(lambda: (r := stored_run(run_id)).status in ("cancelled", "crashed") and r, CRASH_BOUND,
+                           what="the run to end")
+    assert cancelled.status == "cancelled", cancelled.error
+    assert cancelled.steps["first"].status == "succeeded" and cancelled.steps["slow"].status == "cancelled"
+    assert cancelled.error is not None and "cancelled" in cancelled.error["message"]
+
+    async def state() -> Any:
+        async with get_client() as client:
+            return (await client.read_flow_run(flow_run_id)).state
+
+    wait_until(lambda: (st := asyncio.run(state())) is not None and st.is_cancelled(), 30,
+               what="Prefect to show the flow run cancelled")
+    assert all(w.poll() is None for w in worker_pair.workers)  # the workers carry on
+
+
 def test_killed_worker_leaves_the_run_crashed_and_resume_finishes_it(
     on_pool: Any, worker_pair: Pair, hit_server: HitServer
 ) -> None:

@@ -325,7 +325,8 @@ class _PrefectExecution(_Execution):
         merged = StepOutcome(status="succeeded", output=[o.output for o in outcomes],
                              rendered=[o.rendered for o in outcomes],
                              cost_usd=sum(o.cost_usd for o in outcomes), tokens=sum(o.tokens for o in outcomes),
-                             attempts=max([1, *(o.attempts for o in outcomes)]))
+                             attempts=max([1, *(o.attempts for o in outcomes)]),
+                             artifacts=[a for o in outcomes for a in o.artifacts])
         bad = next((o for o in outcomes if o.status != "succeeded"), None)
         if bad is not None:
             merged.status, merged.error, merged.exception = bad.status, bad.error, bad.exception
@@ -544,9 +545,28 @@ def _record_crash(engine: Engine, execution: _PrefectExecution, flow_run_id: Any
         client.set_flow_run_state(flow_run_id, Crashed(message=f"velocitymesh: {why}"), force=True)
 
 
+def _record_cancelled(flow: Any, flow_run: Any, state: State[Any]) -> None:  # Prefect passes them by name
+    """Prefect is cancelling the flow run (its UI, its API, ``POST /runs/{id}/cancel``): the run
+    was cancelled by a person, so the store says ``cancelled`` — not ``crashed``, which is what
+    the killed process would otherwise leave to the crash sweeper — with its unfinished steps.
+
+    Prefect calls this in the flow-run process when the cancel reaches it through the runner's
+    control channel, else in the worker; both have the package and the settings."""
+    del flow
+    run_id = run_id_of(flow_run)
+    why = f"cancelled in Prefect ({state.message})" if state.message else "cancelled in Prefect"
+    try:
+        sf = store.open_store(get_settings())
+        with store.session_scope(sf) as s:
+            if store.mark_run_cancelled(s, run_id, f"the run was {why}"):
+                log.info("run %s: %s", run_id, why)
+    except Exception:  # a hook must not fail the cancellation; the sweeper still ends the run
+        log.exception("run %s: could not record the cancellation", run_id)
+
+
 # --- the generic entrypoint ------------------------------------------------------------------
 
-@flow(name=FLOW_NAME, persist_result=False, log_prints=False,
+@flow(name=FLOW_NAME, persist_result=False, log_prints=False, on_cancellation=[_record_cancelled],
       description="Run a VelocityMesh workflow saved in the workspace store (latest version unless pinned).")
 async def run_workflow(workflow: str, version: int | None = None, inputs: dict[str, Any] | None = None,
                        workspace: str | None = None) -> Any:

@@ -60,6 +60,8 @@ async def sweep(settings: Settings, sf: sessionmaker[Session]) -> list[str]:
         return []
     async with get_client() as client:
         for run_id, flow_run_id in swept:
+            if flow_run_id and await _was_cancelled(client, sf, run_id, flow_run_id):
+                continue
             log.warning("run %s had no heartbeat for %g s: marked crashed (resume it with `velocitymesh resume "
                         "%s`)", run_id, settings.prefect_crash_after, run_id)
             if flow_run_id:
@@ -70,6 +72,26 @@ async def sweep(settings: Settings, sf: sessionmaker[Session]) -> list[str]:
                 except Exception as e:  # the store is the truth; Prefect's view is a courtesy
                     log.warning("could not mark flow run %s crashed in Prefect: %s", flow_run_id, e)
     return [run_id for run_id, _ in swept]
+
+
+async def _was_cancelled(client: Any, sf: sessionmaker[Session], run_id: str, flow_run_id: str) -> bool:
+    """A run whose process stopped because Prefect cancelled it (before the flow's cancellation
+    hook could say so) is cancelled, not crashed: correct the record and leave Prefect's state."""
+    try:
+        state = (await client.read_flow_run(flow_run_id)).state
+    except Exception as e:  # Prefect unreachable: the run stays crashed, which is resumable all the same
+        log.warning("could not read flow run %s: %s", flow_run_id, e)
+        return False
+    if state is None or not (state.is_cancelled() or state.is_cancelling()):
+        return False
+
+    def mark() -> bool:
+        with store.session_scope(sf) as s:
+            return store.mark_run_cancelled(s, run_id, "the run was cancelled in Prefect")
+
+    if await asyncio.to_thread(mark):
+        log.info("run %s was cancelled in Prefect: recorded cancelled", run_id)
+    return True
 
 
 async def _sweep_forever(settings: Settings, sf: sessionmaker[Session]) -> None:

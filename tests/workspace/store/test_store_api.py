@@ -18,7 +18,7 @@ EXPECTED = {
     "restore_version", "delete_workflow",
     # runs
     "create_run", "update_run", "record_steps", "get_run", "list_runs", "set_decision",
-    "mark_stale_runs_crashed", "resolve_run_id",
+    "mark_stale_runs_crashed", "mark_run_cancelled", "resolve_run_id",
     # cache
     "cache_get", "cache_put", "cache_purge",
     # secret rows

@@ -12,6 +12,7 @@ from velocitymesh.workspace.store import (
     create_run,
     get_run,
     list_runs,
+    mark_run_cancelled,
     mark_stale_runs_crashed,
     record_steps,
     set_decision,
@@ -202,6 +203,29 @@ def test_stale_running_runs_are_marked_crashed(store: Store) -> None:
         assert got.finished_at is not None
         assert {k: v.status for k, v in got.steps.items()} == {"top": "succeeded", "pick": "crashed"}
         assert get_run(s, fresh.id).status == "running" and get_run(s, queued.id).status == "queued"
+
+
+def test_a_cancel_ends_unfinished_runs_and_their_open_steps_only(store: Store) -> None:
+    running, crashed, done = _run(store, status="running"), _run(store, status="crashed"), _run(store)
+    with store.session() as s:
+        record_steps(s, running.id, [{"step_id": "top", "status": "succeeded"},
+                                     {"step_id": "pick", "status": "running"}, {"step_id": "ok", "status": "waiting"}])
+        record_steps(s, crashed.id, [{"step_id": "pick", "status": "crashed"}])
+        update_run(s, done.id, status="succeeded")
+    with store.session() as s:
+        assert mark_run_cancelled(s, running.id, "the run was cancelled in Prefect")
+        assert mark_run_cancelled(s, crashed.id)  # crashed only because its process was stopped for the cancel
+        assert not mark_run_cancelled(s, done.id)  # it ended on its own first: the record stays true
+        assert not mark_run_cancelled(s, running.id)  # once is enough
+    with store.session() as s:
+        got = get_run(s, running.id)
+        assert got.status == "cancelled" and got.finished_at is not None
+        assert got.error is not None and got.error["message"] == "the run was cancelled in Prefect"
+        assert "resume" in got.error["hint"]
+        assert {k: v.status for k, v in got.steps.items()} == {"top": "succeeded", "pick": "cancelled",
+                                                               "ok": "cancelled"}
+        assert get_run(s, crashed.id).steps["pick"].status == "cancelled"
+        assert get_run(s, done.id).status == "succeeded" and get_run(s, done.id).error is None
 
 
 def test_deleting_a_run_deletes_its_steps(store: Store) -> None:

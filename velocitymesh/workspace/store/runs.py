@@ -256,6 +256,33 @@ def set_decision(s: Session, run_id: str, step_id: str, decision: dict[str, Any]
         )
 
 
+UNFINISHED_STATUSES = ("queued", "running", "waiting", "crashed")
+UNFINISHED_STEP_STATUSES = ("pending", "running", "waiting", "crashed")
+
+
+def mark_run_cancelled(s: Session, run_id: str, message: str = "the run was cancelled") -> bool:
+    """Record that a person cancelled the run (from Prefect's UI, its API or ours), with the steps it
+    had not finished. A run that ended on its own (succeeded, failed, cancelled) is left as it is;
+    one marked crashed only because its process was stopped for the cancel becomes cancelled.
+    True when the run was changed."""
+    now = utcnow()
+    error = {"type": "Cancelled", "message": message,
+             "hint": "resume it with `velocitymesh resume RUN_ID` to finish it, reusing what succeeded"}
+    changed = s.scalars(
+        sa.update(runs_table)
+        .where(runs_table.c.id == run_id, runs_table.c.status.in_(UNFINISHED_STATUSES))
+        .values(status="cancelled", finished_at=now, error=error)
+        .returning(runs_table.c.id)
+    ).first()
+    if changed is not None:
+        s.execute(
+            sa.update(steps_table)
+            .where(steps_table.c.run_id == run_id, steps_table.c.status.in_(UNFINISHED_STEP_STATUSES))
+            .values(status="cancelled", finished_at=now)
+        )
+    return changed is not None
+
+
 def mark_stale_runs_crashed(s: Session, older_than_seconds: float) -> list[str]:
     """Mark 'running' runs whose last sign of life (heartbeat, else start, else creation)
     is older than ``older_than_seconds`` as 'crashed', with their running steps; return their ids."""
