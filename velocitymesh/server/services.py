@@ -3,10 +3,11 @@
 One ``Services`` is built by ``create_app`` and kept at ``app.state.services``; the API
 routes, the webhooks and the dashboard all reach the store and the engine through it.
 
-The bus and the engines belong to an event loop (a Redis connection is bound to the
-loop that opened it, and the engine starts its runs as tasks of the running loop), so
-both are made on first use inside the running loop and kept per loop: uvicorn has one
-loop, and a test that runs the app on another loop gets its own instead of a dead one.
+The bus, the engines and the collaboration hubs belong to an event loop (a Redis
+connection is bound to the loop that opened it, the engine starts its runs as tasks of the
+running loop, a hub's drafts must be edited on its loop), so they are made on first use
+inside the running loop and kept per loop: uvicorn has one loop, and a test that runs the
+app on another loop gets its own instead of a dead one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from velocitymesh.flows.engine import Engine
     from velocitymesh.server.ratelimit import RateLimiter
     from velocitymesh.workspace.bus import Bus
+    from velocitymesh.workspace.collab import CollabHub
     from velocitymesh.workspace.secrets import SecretStore
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ class Services:
     auth_cache: dict[Any, tuple[float, Any]] = field(default_factory=dict, repr=False)
     cookie_keys: list[bytes] = field(default_factory=list, repr=False)
     _engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Engine]] = field(
+        default_factory=weakref.WeakKeyDictionary, repr=False
+    )
+    _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, CollabHub]] = field(
         default_factory=weakref.WeakKeyDictionary, repr=False
     )
     _secret_stores: dict[str, SecretStore] = field(default_factory=dict, repr=False)
@@ -103,6 +108,19 @@ class Services:
             with self._lock:
                 engine = engines.setdefault(workspace_name, engine)
         return engine
+
+    async def collab_hub(self, workspace_id: str) -> CollabHub:
+        """The live drafts of one workspace (``CollabHub``) in the running loop: every dashboard
+        session of this process shares it, and other processes meet it over the bus and the store."""
+        loop = asyncio.get_running_loop()
+        hubs = self._hubs.setdefault(loop, {})
+        hub = hubs.get(workspace_id)
+        if hub is None:
+            from velocitymesh.flows.validation import validate_text
+            from velocitymesh.workspace.collab import CollabHub
+
+            hub = hubs[workspace_id] = CollabHub(self.sf, self.bus, workspace_id, validator=validate_text)
+        return hub
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         for callback in list(self.run_watchers.get(str(event.get("run_id")), ())):
@@ -157,11 +175,17 @@ class Services:
         return next((n for n, w in self._workspace_ids.items() if w == workspace_id), None)
 
     async def aclose(self) -> None:
-        """Cancel the runs this process is executing (they can be resumed) and close the bus."""
+        """Cancel the runs this process is executing (they can be resumed), store and publish the
+        live drafts' last edits, and close the bus."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        for hub in self._hubs.pop(loop, {}).values():
+            try:
+                await hub.close()
+            except Exception as e:  # shutting down: report it, and close the rest
+                log.warning("could not close the live drafts of workspace %s: %s", hub.workspace_id, e)
         engines = self._engines.pop(loop, {})
         for engine in engines.values():
             await engine.aclose()

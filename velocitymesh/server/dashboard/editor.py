@@ -2,8 +2,10 @@
 path, marks their lines in the gutter and redraws the graph.
 
 ``check_draft`` is the pure part (text → problems, spec, graph data); ``YamlEditor``
-wires it to an Ace ``CodeEditor`` with a debounce, so a burst of keystrokes costs one
-validation.
+wires it to the Ace editor with a debounce, so a burst of keystrokes costs one
+validation. The editor is ``collab.LiveCodeEditor``: on a saved workflow it is bound to the
+workflow's live draft (``collab.LiveBinding``), and validation then follows the merged text,
+whoever typed it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import panel as pn
-
 from velocitymesh.server.dashboard import theme
+from velocitymesh.server.dashboard.collab import LiveCodeEditor
 from velocitymesh.server.dashboard.dag import nodes_from_data, render_svg
 from velocitymesh.server.dashboard.session import PageContext
 from velocitymesh.server.dashboard.theme import esc
@@ -117,9 +118,8 @@ class YamlEditor:
         self.ctx = ctx
         self.saved_hash = saved_hash
         self.listeners: list[Callable[[DraftCheck], None]] = []
-        self.code = pn.widgets.CodeEditor(
-            value=text, language="yaml", sizing_mode="stretch_width", height=470, indent=2, soft_tabs=True,
-            readonly=not ctx.can_write, margin=(6, 0),
+        self.code = LiveCodeEditor(
+            value=text, sizing_mode="stretch_width", height=470, indent=2, readonly=not ctx.can_write, margin=(6, 0),
         )
         self.state = theme.html_pane("", stylesheets=[PROBLEMS_CSS], margin=(0, 0, 4, 0))
         self.problems = theme.html_pane("", stylesheets=[PROBLEMS_CSS])
@@ -137,7 +137,8 @@ class YamlEditor:
         return self.check.spec is None or self.check.spec.content_hash() != self.saved_hash
 
     def set_text(self, text: str) -> None:
-        """Replace the content (a restored or generated version) and validate at once."""
+        """Replace the content (a restored or generated version) and validate at once; bound to the
+        live draft, the draft changes too, for everyone."""
         self.code.value = text  # the watcher schedules a debounced check; this one is immediate
         self.validate()
 

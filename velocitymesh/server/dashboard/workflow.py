@@ -4,10 +4,17 @@ Left: the YAML editor, validated as you type. Right: the live run, and tabs for 
 graph, the history, the plain-language box and the recent runs. Save version is enabled
 only when the document is valid and changed; Run starts the latest saved version with
 the inputs from the form. Viewers see the same page, read-only.
+
+A saved workflow is edited live (``collab.py``): the editor is bound to the workflow's
+draft, shared by everyone who has it open in any server process, with who else is there
+above it. Save version then saves the merged draft, only if it validates. A new workflow
+is a plain editor until its first save, and goes live then.
 """
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -15,8 +22,9 @@ import panel as pn
 
 from velocitymesh.errors import NotFoundError, VelocityMeshError
 from velocitymesh.server.dashboard import theme
+from velocitymesh.server.dashboard.collab import CollabView, LiveBinding, connect
 from velocitymesh.server.dashboard.describe import Describe
-from velocitymesh.server.dashboard.editor import STARTER, DraftCheck, YamlEditor
+from velocitymesh.server.dashboard.editor import STARTER, DraftCheck, YamlEditor, problems_html
 from velocitymesh.server.dashboard.history import History
 from velocitymesh.server.dashboard.run import RunPanel
 from velocitymesh.server.dashboard.runform import RunForm
@@ -24,6 +32,7 @@ from velocitymesh.server.dashboard.runstate import RUN, RunState, format_cost
 from velocitymesh.server.dashboard.session import PageContext
 from velocitymesh.server.dashboard.theme import esc, status_badge
 from velocitymesh.workspace import store
+from velocitymesh.workspace.collab import SaveResult
 from velocitymesh.workspace.yamlio import dump_workflow
 
 RUN_COLUMNS = ["run", "status", "version", "started", "cost"]
@@ -52,6 +61,9 @@ class WorkflowPage:
             text = dump_workflow(self.latest.spec)
         self.title = theme.page_title("")
         self.editor = YamlEditor(ctx, text, saved_hash=self.latest.content_hash if self.latest else None)
+        self.collab = CollabView()
+        self.live: LiveBinding | None = None
+        self._live_name: str | None = None
         self.message = theme.html_pane("")
         self.note = pn.widgets.TextInput(placeholder="Version note (optional)", width=240, margin=(5, 8))
         self.save = pn.widgets.Button(label="Save version", color="primary", margin=(5, 8))
@@ -73,6 +85,39 @@ class WorkflowPage:
         if self._recent:  # show the latest run, live if it is still going
             self.run_box.visible = True
             self.run_panel.follow(self._recent[0].id)
+        if self.name is not None:
+            self._go_live(self.name, text)
+
+    # --- the live draft ------------------------------------------------------------------------
+    def _go_live(self, name: str, seed_text: str) -> None:
+        """Bind the editor to the workflow's live draft (opened in the background)."""
+        if self._live_name is not None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # built outside the server (a script): a plain editor
+            return
+        self._live_name = name
+        self.ctx.spawn(connect(self.ctx, self.editor.code, name, seed_text=seed_text, view=self.collab,
+                               on_attached=self._attached), name=f"collab:{name}")
+
+    def _attached(self, binding: LiveBinding) -> None:
+        self.live = binding
+        binding.version_listeners.append(self._saved_elsewhere)
+        self.editor.validate()
+
+    def _saved_elsewhere(self, number: int) -> None:
+        """Someone saved (or restored) a version of the draft: show it as the latest."""
+        if self.name is None or (self.latest is not None and self.latest.number >= number):
+            return
+        try:
+            with self.ctx.services.session() as s:
+                latest = store.get_version(s, self.ctx.workspace_id, self.name)
+        except NotFoundError:
+            return
+        self.latest = latest
+        self.editor.mark_saved(latest.content_hash)
+        self._refresh()
 
     # --- state ------------------------------------------------------------------------------
     def _current(self) -> tuple[str, Any]:
@@ -122,6 +167,10 @@ class WorkflowPage:
         check = self.editor.check
         if user is None or not self.ctx.can_write:
             return
+        if self.live is not None:  # the merged draft, as everyone has it
+            self.save.disabled = True
+            self.ctx.spawn(self._save_live(), name="save-version")
+            return
         if check.spec is None:
             self._say("error", "Fix the problems listed under the editor before saving.")
             return
@@ -145,11 +194,55 @@ class WorkflowPage:
         if pn.state.location is not None:
             pn.state.location.search = f"?name={version.workflow}"
         self._refresh()
+        if self._live_name is None:  # a new workflow, saved at last: from now on edited live
+            self._go_live(version.workflow, dump_workflow(version.spec))
+
+    async def _save_live(self) -> None:
+        """Save the live draft as the next version, only if the merged text validates."""
+        live, user = self.live, self.ctx.user
+        if live is None or user is None or not self.ctx.can_write:
+            return
+        note = (self.note.value or "").strip()
+        try:
+            result = await live.save_version(user.username, note)
+        except VelocityMeshError as e:
+            message = str(e)
+            self.ctx.in_doc(lambda: self._save_failed(message))
+            return
+        self.ctx.in_doc(lambda: self._saved_live(result))
+
+    def _save_failed(self, message: str) -> None:
+        self._say("error", message)
+        self._checked(self.editor.check)
+
+    def _saved_live(self, result: SaveResult) -> None:
+        version = result.version
+        self.editor.validate()  # the text as it is now, not as the last debounced check saw it
+        if version is None:
+            errors = [p for p in result.problems if p.severity == "error"] or result.problems
+            self.message.object = theme.notice(
+                "error", "Not saved: the draft, with everyone's edits merged, has problems. Fix them, then save."
+            ) + problems_html(errors)
+            return
+        before = self.latest.number if self.latest is not None else None
+        self.latest = version
+        self.editor.mark_saved(version.content_hash)
+        self.note.value = ""
+        if before == version.number:
+            self._say("info", f"No changes: version {version.number} is the same.")
+        else:
+            self._say("ok", f"Saved version {version.number} of {version.workflow}.")
+        self._refresh()
 
     def _restored(self, version: store.WorkflowVersion) -> None:
         self.latest = version
         self.editor.saved_hash = version.content_hash
-        self.editor.set_text(dump_workflow(version.spec))
+        self.editor.set_text(dump_workflow(version.spec))  # bound: the live draft, for everyone
+        if self.live is not None:
+            self.live.doc.set_meta({"version": version.number, "saved_by": self.ctx.user.username if self.ctx.user
+                                    else "", "saved_at": datetime.now(UTC).isoformat(timespec="seconds")},
+                                   origin=self.live.origin)
+            self.live.version = version.number
         self._refresh()
 
     async def _run_clicked(self, _event: Any) -> None:
@@ -206,7 +299,7 @@ class WorkflowPage:
     def view(self) -> list[Any]:
         toolbar = pn.Row(self.save, self.note, self.run, sizing_mode="stretch_width", margin=0)
         left = theme.card(
-            self.editor.state, self.editor.code, self.editor.problems, title="Workflow (YAML)",
+            self.editor.state, self.collab.view, self.editor.code, self.editor.problems, title="Workflow (YAML)",
             min_width=420,
         )
         tabs = pn.Tabs(
