@@ -245,7 +245,9 @@ def main() -> None:
     def out(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    out(f"bench/api.py: {args.clients} clients x {args.duration:.0f} s per measurement; {cpu_note()}")
+    load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
+    out(f"bench/api.py: {args.clients} clients x {args.duration:.0f} s per measurement; {cpu_note()}; "
+        f"load average {load_before:.2f}")
     databases: list[tuple[str, dict[str, str], Callable[[], None] | None]] = [("sqlite", {}, None)]
     if not args.no_postgres:
         if postgres_reachable(PG_ADMIN_URL):
@@ -290,6 +292,7 @@ def main() -> None:
         "cpus": os.cpu_count(), "results": summary,
         "targets": {"get_p95_ms": TARGET_P95_MS, "get_p95_ratio": TARGET_RATIO, "get_p95_met": p95_ok,
                     "get_ratio_met": ratio_ok},
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "python": sys.version.split()[0],
     }))
 

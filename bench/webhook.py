@@ -176,7 +176,9 @@ def main() -> None:
 
     from cryptography.fernet import Fernet
 
-    out(f"bench/webhook.py: {args.connections} connections x {args.duration:.0f} s; {cpu_note()}")
+    load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
+    out(f"bench/webhook.py: {args.connections} connections x {args.duration:.0f} s; {cpu_note()}; "
+        f"load average {load_before:.2f}")
     home = Path(tempfile.mkdtemp(prefix="vm-bench-hook-"))
     port = free_port()
     db_env: dict[str, str] = {}
@@ -250,6 +252,7 @@ def main() -> None:
         "n8n_2_8_4": {str(c): v for c, v in N8N.items()},
         "targets": {"rps_factor_vs_n8n": TARGET_RPS_FACTOR, "p95_ms_at_10": TARGET_P95_MS_AT_10,
                     "rps_met": rps_ok, "p95_met": p95_ok},
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "python": sys.version.split()[0],
     }))
 

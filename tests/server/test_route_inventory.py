@@ -29,6 +29,7 @@ PUBLIC: dict[tuple[str, str], int] = {
     ("GET", "/logout"): 303,
     ("POST", "/logout"): 303,
     ("POST", "/hooks/{workflow}"): 404,  # signature checked by the handler; unknown workflow here
+    ("GET", "/favicon.ico"): 200,  # the login page shows it too
 }
 BAD_CREDENTIALS = [
     {},
@@ -126,3 +127,29 @@ async def test_pages_redirect_to_login_and_api_answers_401(sqlite_app: FastAPI) 
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         r = await c.get("/api/v1/openapi.json")
         assert r.status_code == 401
+
+
+async def test_pages_refuse_a_session_id_from_the_url(sqlite_app: FastAPI, sqlite_team: Team) -> None:
+    """bokeh-fastapi takes a page's session id from the query without checking it: an empty one was a
+    500, a chosen one would let a link fix the session its victim's page joins. The guard refuses both."""
+    async with await open_client(sqlite_app) as c:
+        for query in ("bokeh_session_id=", "bokeh_session_id=chosen-by-someone", "bokeh-session-id=",
+                      "x=1&bokeh_session_id"):
+            r = await c.get(f"/?{query}", headers={**sqlite_team.auth("viewer"), "Accept": "text/html"})
+            assert r.status_code == 400, (query, r.status_code)
+            assert "bokeh_session_id" in r.json()["hint"]
+        r = await c.get("/?tab=runs", headers={**sqlite_team.auth("viewer"), "Accept": "text/html"})
+        assert r.status_code == 200 and "<html" in r.text
+
+
+async def test_the_api_reference_works_offline(sqlite_client: httpx.AsyncClient, sqlite_team: Team) -> None:
+    r = await sqlite_client.get("/api/v1/docs", headers=sqlite_team.auth("viewer"))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "<script" not in page.lower() and not re.search(r"(src|href)=['\"]?(https?:)?//", page)
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    # every operation of the OpenAPI document is on the page
+    spec = (await sqlite_client.get("/api/v1/openapi.json", headers=sqlite_team.auth("viewer"))).json()
+    for path in spec["paths"]:
+        assert f'class="path">{path}<' in page.replace("&#x27;", "'"), path
+    assert "/api/v1/openapi.json" in page

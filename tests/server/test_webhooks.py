@@ -199,3 +199,52 @@ def test_signature_helpers() -> None:
     assert check_signature("key", headers, body, now=1700000100) is None
     assert check_signature("key", headers, body, now=1700000301) is not None
     assert check_signature("kez", headers, body, now=1700000000) == "the signature does not match"
+
+
+async def test_what_is_cached_follows_the_store(client: httpx.AsyncClient, team: Team) -> None:
+    """The webhook keeps the spec and the secret between requests, but a version saved, a secret
+    rotated or deleted, or the workflow deleted by another process (here: straight through the
+    store, which no in-process cache hears of) applies from the next request on."""
+    from velocitymesh.workspace import store
+    from velocitymesh.workspace.secrets import SecretStore
+    from velocitymesh.workspace.yamlio import load_workflow_text
+
+    await setup(client, team, ECHO)
+    await set_secret(client, team, "ECHO_KEY", "key-one")
+    body = b'{"who": "ada"}'
+    for _ in range(2):  # the second answer comes from the cache
+        r = await client.post("/hooks/echo", content=body, headers=signed("key-one", body))
+        assert r.status_code == 200 and r.json() == {"message": "hello ada", "ok": True}, r.text
+
+    services = team.services
+    ws = services.workspace.id
+    changed = ECHO.replace('message: "{{ steps.shape.output.greeting }}"', 'message: "v2 {{ inputs.who }}"')
+    assert changed != ECHO
+    with services.session() as s:
+        store.save_workflow(s, ws, load_workflow_text(changed))
+    r = await client.post("/hooks/echo", content=body, headers=signed("key-one", body))
+    assert r.status_code == 200 and r.json() == {"message": "v2 ada", "ok": True}, r.text
+
+    other_process = SecretStore(services.sf, services.settings, ws)
+    other_process.set("ECHO_KEY", "key-two")
+    assert (await client.post("/hooks/echo", content=body, headers=signed("key-one", body))).status_code == 401
+    assert (await client.post("/hooks/echo", content=body, headers=signed("key-two", body))).status_code == 200
+
+    other_process.delete("ECHO_KEY")
+    r = await client.post("/hooks/echo", content=body, headers=signed("key-two", body))
+    assert r.status_code == 401 and "ECHO_KEY" in r.json()["hint"]  # fails closed again
+
+    other_process.set("ECHO_KEY", "key-three")
+    with services.session() as s:
+        store.delete_workflow(s, ws, "echo")
+    assert (await client.post("/hooks/echo", content=body, headers=signed("key-three", body))).status_code == 404
+    # a run for each request answered 200, none for the refused ones (nor for those that found the cache stale)
+    with services.session() as s:
+        assert len(store.list_runs(s, ws, workflow="echo")) == 4
+
+
+async def test_invalid_names_are_refused_like_any_parameter(client: httpx.AsyncClient) -> None:
+    for url in ("/hooks/Not_A_Slug", "/hooks/name%0A", "/hooks/ok?workspace=" + "w" * 129, "/hooks/ok?workspace=a%00b"):
+        r = await client.post(url, content=b"{}", headers=signed("k", b"{}"))
+        assert r.status_code == 422, url
+        assert r.json()["problems"][0]["path"] in ("path.workflow", "query.workspace")

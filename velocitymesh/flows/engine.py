@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from velocitymesh.agents.budget import Budget
 from velocitymesh.errors import ConflictError, StepCancelled, UsageError
 from velocitymesh.flows.execute import StepOutcome, error_record, execute_step
-from velocitymesh.flows.recorder import RunRecorder, now
+from velocitymesh.flows.recorder import ARTIFACTS, BatchWriter, RunRecorder, artifact_names, artifact_record, now
 from velocitymesh.flows.steps import StepContext
 from velocitymesh.flows.steps.base import LogLine, StepLogger
 from velocitymesh.settings import Settings
@@ -54,6 +54,15 @@ TERMINAL = {"succeeded", "failed", "skipped", "cancelled"}
 RESUMABLE = {"failed", "crashed", "cancelled", "waiting"}
 MAX_DEPTH = 5
 EVENT_OUTPUT_LIMIT = 16_000
+# Seconds a run's change may wait for the next ones before it is written (the bus has it at once).
+# A run of fast steps — a webhook's transform and answer — is then one transaction at its end
+# instead of one at its start, one per burst and one at its end; a slow step's change is in the
+# store within this time.
+RECORD_PACE = 0.05
+
+
+class PreconditionFailed(ConflictError):
+    """``Engine.start(precondition=…)`` found the store changed: no run was created."""
 
 
 @dataclass
@@ -142,6 +151,10 @@ class Engine:
         self._cache = _StoreCache(self.sf)
         self._active: dict[str, _Execution] = {}
         self._validated: set[str] = set()
+        # (ciphertexts by name, values, redactor) as last read: see secret_values()
+        self._secrets_seen: tuple[dict[str, bytes], dict[str, str], Redactor] | None = None
+        # run records (created, then recorded) of all this engine's runs go through one group-commit writer
+        self._writer = BatchWriter(self.sf)
         # called with every run event published by this process (the CLI's live progress)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
@@ -156,18 +169,45 @@ class Engine:
         parent_run_id: str | None = None,
         depth: int = 0,
         budget: Budget | None = None,
+        precondition: Callable[[Session], bool] | None = None,
+        prepared: tuple[dict[str, Any], str] | None = None,
     ) -> str:
-        """Create the run record and start executing it; returns the run id at once."""
-        self._check(spec)
+        """Create the run record and start executing it; returns the run id at once.
+
+        ``precondition`` is called with the session that writes the record, right before it: when
+        it returns False nothing is created and PreconditionFailed is raised (a caller that chose
+        the spec from a cache checks there that the store still has it). ``prepared`` is
+        ``(spec.to_data(), spec.content_hash())`` from a caller that keeps them with an unchanging
+        spec: they cost more than the rest of starting a run.
+        """
+        data, digest = prepared if prepared is not None else (spec.to_data(), spec.content_hash())
+        self._check(spec, digest)
         values = resolve_inputs(spec, inputs)
-        with store.session_scope(self.sf) as s:
-            run = store.create_run(
-                s, workspace_id=self.workspace.id, workflow=spec.name, spec=spec.to_data(),
-                content_hash=spec.content_hash(), inputs=values, version=version, workflow_id=workflow_id,
-                engine="local", status="queued", parent_run_id=parent_run_id,
-            )
-        self._launch(_Execution(self, run.id, spec, values, version=version, depth=depth, budget=budget))
-        return run.id
+
+        def create(s: Session) -> tuple[str, tuple[dict[str, str], Redactor]] | None:
+            # With the record, the secrets the run needs first (one transaction, shared with other runs').
+            if precondition is not None and not precondition(s):
+                return None
+            run_id = store.create_run(
+                s, workspace_id=self.workspace.id, workflow=spec.name, spec=data, content_hash=digest,
+                inputs=values, version=version, workflow_id=workflow_id, engine="local", status="queued",
+                parent_run_id=parent_run_id,
+            ).id
+            return run_id, self._secrets_from(store.get_secret_ciphertexts(s, self.workspace.id))
+
+        async def create_and_launch() -> str:
+            # The insert is written by the writer's thread, not on the loop (SQLite may be busy with another
+            # writer); shielded, so that a caller cancelled meanwhile leaves a launched run, not a queued orphan.
+            created = await self._writer.run(create)
+            if created is None:
+                raise PreconditionFailed(f"workflow {spec.name!r} changed while its run was starting",
+                                         hint="start it again")
+            run_id, secrets = created
+            self._launch(_Execution(self, run_id, spec, values, version=version, depth=depth, budget=budget,
+                                    secrets=secrets))
+            return run_id
+
+        return await asyncio.shield(create_and_launch())
 
     async def run(self, spec: Workflow, inputs: dict[str, Any] | None = None, **kw: Any) -> RunResult:
         """Run a workflow to the end (or until it waits for approval)."""
@@ -178,6 +218,26 @@ class Engine:
     ) -> RunResult:
         v = self.get_version(name, version)
         return await self.run(v.spec, inputs, version=v.number, workflow_id=getattr(v, "workflow_id", None), **kw)
+
+    def secret_values(self) -> tuple[dict[str, str], Redactor]:
+        """Every secret of the workspace in clear, and a redactor for them (blocking: a store read).
+
+        Each call reads the ciphertexts (one query), so a secret set or deleted by any process
+        applies to the next run; they are decrypted, and the redactor's pattern compiled, again
+        only when one of them changed (Fernet tokens are never reused, so any change shows).
+        """
+        with store.session_scope(self.sf) as s:
+            found = store.get_secret_ciphertexts(s, self.workspace.id)
+        return self._secrets_from(found)
+
+    def _secrets_from(self, found: dict[str, bytes]) -> tuple[dict[str, str], Redactor]:
+        seen = self._secrets_seen
+        if seen is not None and seen[0] == found:
+            return seen[1], seen[2]
+        values = self.secrets.get_many(None)  # read after `found`: never older than what it is cached under
+        redactor = Redactor(values.values())
+        self._secrets_seen = (found, values, redactor)
+        return values, redactor
 
     def get_version(self, name: str, version: int | None = None) -> store.WorkflowVersion:
         with store.session_scope(self.sf) as s:
@@ -265,9 +325,9 @@ class Engine:
                     await execution.task
 
     # --- internals -------------------------------------------------------------------
-    def _check(self, spec: Workflow) -> None:
+    def _check(self, spec: Workflow, digest: str | None = None) -> None:
         """Refuse an invalid spec before anything runs (a validated content hash is remembered)."""
-        digest = spec.content_hash()
+        digest = digest or spec.content_hash()
         if digest in self._validated:
             return
         from velocitymesh.flows.validation import check_workflow
@@ -335,8 +395,10 @@ class _Execution:
         self, engine: Engine, run_id: str, spec: Workflow, inputs: dict[str, Any], *, version: int | None,
         depth: int = 0, prior: dict[str, Any] | None = None, decisions: dict[str, Any] | None = None,
         resumed: bool = False, budget: Budget | None = None,
+        secrets: tuple[dict[str, str], Redactor] | None = None,
     ) -> None:
         self.engine = engine
+        self._secrets = secrets  # (values, redactor) read with the run's record; else run() reads them
         self.settings = engine.settings
         self.run_id = run_id
         self.spec = spec
@@ -362,7 +424,8 @@ class _Execution:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         limit = min(spec.concurrency or self.settings.max_concurrency, self.settings.max_concurrency)
         self.semaphore = asyncio.Semaphore(max(1, limit))
-        self.recorder = RunRecorder(engine.sf, engine.bus, run_id, engine.workspace.name, engine.listeners)
+        self.recorder = RunRecorder(engine.sf, engine.bus, run_id, engine.workspace.name, engine.listeners,
+                                    pace=RECORD_PACE, writer=engine._writer)
         self.steps_ctx: dict[str, dict[str, Any]] = {}
         self.context: dict[str, Any] = {}
         self.redactor = Redactor([])
@@ -378,8 +441,8 @@ class _Execution:
     # --- the run -------------------------------------------------------------------
     async def run(self) -> RunResult:
         started = time.perf_counter()
-        self.secret_values = await asyncio.to_thread(self.engine.secrets.get_many, None)
-        self.redactor = Redactor(self.secret_values.values())
+        loaded = self._secrets if self._secrets is not None else await asyncio.to_thread(self.engine.secret_values)
+        self.secret_values, self.redactor = dict(loaded[0]), loaded[1]
         self.context = {
             "inputs": self.inputs,
             "steps": self.steps_ctx,
@@ -589,14 +652,19 @@ class _Execution:
             unknown = [c for c in outcome.chosen if c not in self.dependents[sid]]
             if unknown:
                 logger.warning(f"chose {', '.join(unknown)}, which do not need this step; ignored")
+        if outcome.artifacts:
+            kept = artifact_record(self.settings.artifacts_dir, self.run_id, sid, outcome.artifacts)
+            if kept:
+                details[ARTIFACTS] = kept
         self.recorder.step(
             sid, status=outcome.status, input=redact(outcome.rendered), output=output, error=error,
             logs=[x.to_json() for x in logger.lines], attempts=outcome.attempts, finished_at=now(),
             duration_ms=st.duration_ms, cost_usd=outcome.cost_usd, tokens=outcome.tokens,
             cache_hit=outcome.cache_hit, details=redact(details),
         )
+        names = artifact_names(self.run_id, sid, details)
         self._publish_step(sid, outcome.status, output=_small(output), error=error, duration_ms=st.duration_ms,
-                           cost_usd=outcome.cost_usd)
+                           cost_usd=outcome.cost_usd, **({"artifacts": names} if names else {}))
 
     def _step_publisher(self, sid: str) -> Any:
         async def publish(event: dict[str, Any]) -> None:

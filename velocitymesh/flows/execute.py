@@ -54,6 +54,8 @@ class StepOutcome:
     cache_hit: bool = False
     chosen: list[str] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # files the step kept (StepResult.artifacts; on failure an exception's ``artifacts``), as written
+    artifacts: list[str] = field(default_factory=list)
     exception: BaseException | None = None
 
 
@@ -166,6 +168,7 @@ async def execute_step(
             outcome.rendered = []
             sem = asyncio.Semaphore(step.map.concurrency)
             outputs: list[Any] = [None] * len(items)
+            kept: list[list[str]] = [[] for _ in items]  # per item, so the record lists them in item order
 
             async def one(i: int, item: Any) -> None:
                 async with sem:
@@ -173,14 +176,18 @@ async def execute_step(
                     local = {**context, step.map.as_: item, "index": i}  # type: ignore[union-attr]
                     res = await _render_and_run(kind, step, local, item_ctx, timeout, cache, max_template_bytes)
                     outputs[i] = res.output
+                    kept[i] = res.artifacts
                     outcome.rendered.append(res.rendered)
                     outcome.cost_usd += res.cost_usd
                     outcome.tokens += res.tokens
                     outcome.attempts = max(outcome.attempts, item_ctx.attempt)
 
-            async with asyncio.TaskGroup() as tg:
-                for i, item in enumerate(items):
-                    tg.create_task(one(i, item))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for i, item in enumerate(items):
+                        tg.create_task(one(i, item))
+            finally:  # what the items that finished kept stays listed when another one failed
+                outcome.artifacts = [a for files in kept for a in files]
             outcome.output = outputs
             outcome.attempts = max(outcome.attempts, 1)
         else:
@@ -191,6 +198,7 @@ async def execute_step(
             outcome.output, outcome.rendered = res.output, res.rendered
             outcome.cost_usd, outcome.tokens = res.cost_usd, res.tokens
             outcome.cache_hit, outcome.chosen, outcome.details = res.cache_hit, res.chosen, res.details
+            outcome.artifacts = res.artifacts
             outcome.attempts = ctx.attempt
             if res.waiting:
                 outcome.status = "waiting"
@@ -210,6 +218,10 @@ async def execute_step(
         gathered = getattr(exc, "details", None)
         if isinstance(gathered, dict):
             outcome.details = {**outcome.details, **gathered}
+        # and so do the files it kept (the executed notebook, with the failing cell in place)
+        left = getattr(exc, "artifacts", None)
+        if isinstance(left, list):
+            outcome.artifacts = [*outcome.artifacts, *(str(a) for a in left)]
         if not isinstance(exc, VelocityMeshError):
             log.debug("step %s raised", step.id, exc_info=exc)
     if isinstance(ctx.budget, Budget):
@@ -235,6 +247,7 @@ class _ItemResult:
     chosen: list[str] | None = None
     waiting: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[str] = field(default_factory=list)
 
 
 def render_config(kind: StepKind, step: Step, context: dict[str, Any], max_template_bytes: int) -> Any:
@@ -271,6 +284,7 @@ async def _render_and_run(
     return _ItemResult(
         output=result.output, rendered=rendered, cost_usd=result.cost_usd, tokens=result.tokens,
         chosen=result.chosen, waiting=result.waiting, details=result.details,
+        artifacts=[str(a) for a in result.artifacts],
     )
 
 

@@ -42,10 +42,15 @@ from velocitymesh.server.errors import error_response
 if TYPE_CHECKING:
     from velocitymesh.server.services import Services
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login", "/logout"})
+# /favicon.ico: the browser asks for it on the login page too, before anyone is logged in.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login", "/logout", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/hooks/",)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MACHINE_PATHS = ("/api/", "/metrics")  # programs call these: 401, never a redirect to the login page
+# A dashboard page takes the id of its Bokeh session from this query parameter if given (bokeh-fastapi's
+# handler) without checking its signature, unlike Bokeh's own server: an empty one is a 500, and a chosen
+# one lets a link fix the session its victim's page joins. The server makes every session id itself.
+SESSION_ID_PARAMS = frozenset({"bokeh_session_id", "bokeh-session-id"})
 
 
 def allowed_origins(services: Services) -> frozenset[str]:
@@ -109,6 +114,11 @@ class AuthGuard:
                                       "add the origin to VM_ALLOWED_ORIGINS if it is yours")
             await response(scope, receive, send)
             return
+        if not websocket and b"session" in scope.get("query_string", b"") and _names_session(scope):
+            response = error_response(400, "a page's session id is made by the server, not given in the URL",
+                                      "open the page without bokeh_session_id")
+            await response(scope, receive, send)
+            return
         scope.setdefault("state", {})["vm_user"] = user
         await self.app(scope, receive, send)
 
@@ -168,3 +178,8 @@ class AuthGuard:
             headers={"WWW-Authenticate": "Bearer"},
         )
         await response(scope, receive, send)
+
+
+def _names_session(scope: Scope) -> bool:
+    query = urllib.parse.parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+    return any(name in SESSION_ID_PARAMS for name, _ in query)

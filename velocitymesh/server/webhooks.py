@@ -19,6 +19,11 @@ trigger, the output of that step as JSON (200) as soon as it succeeds — the re
 run goes on — within that step's ``timeout`` (else VM_WEBHOOK_TIMEOUT), 504 after it; 502
 if the run fails before that step answers. Workflows of other workspaces than the
 server's (VM_WORKSPACE) are reached with ``?workspace=NAME``.
+
+**Cost.** A webhook is the one route built to take load (issue 5: at least twice n8n's
+throughput): the parsed spec and the decrypted secret are kept between requests
+(:class:`HookCache`) and checked against the store by the same writer, right before the
+run's record is written; the run's records are written by the engine's group-commit writer.
 """
 
 from __future__ import annotations
@@ -28,14 +33,19 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.orm import Session
 
 from velocitymesh.errors import NotFoundError, UsageError
+from velocitymesh.flows.engine import PreconditionFailed
 from velocitymesh.server.errors import ErrorBody, error_response
 from velocitymesh.server.services import Services
 from velocitymesh.workspace import store
@@ -114,20 +124,109 @@ def webhook_inputs(spec: Workflow, body: bytes, content_type: str, headers: Mapp
     return parsed
 
 
-def _lookup(services: Services, workspace: str, workflow: str) -> tuple[store.WorkflowVersion, str | None]:
-    """The latest version of a webhook workflow and its secret (None when unset); NotFoundError otherwise."""
-    workspace_id = services.workspace_id(workspace)
-    if workspace_id is None:
-        raise NotFoundError(UNKNOWN)
-    with services.session() as s:
-        version = store.get_version(s, workspace_id, workflow)
-    if version.spec.trigger.webhook is None:
-        raise NotFoundError(UNKNOWN)
-    try:
-        secret: str | None = services.secrets_for(workspace_id).get(secret_name(version.spec))
-    except NotFoundError:
-        secret = None
-    return version, secret
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """A webhook workflow as last read from the store: its latest version and its signing secret."""
+
+    workspace_id: str
+    version: store.WorkflowVersion
+    secret_name: str
+    ciphertext: bytes | None  # as read from the store: the decrypted value is good while this is unchanged
+    secret: str | None
+    data: dict[str, Any]  # the spec's to_data() and content_hash(), made once (they cost more than the rest)
+    content_hash: str
+
+    def still_current(self, s: Session) -> bool:
+        """Whether the store still has this version as the latest, and this secret (one indexed read)."""
+        v = self.version
+        return store.latest_version_and_secret(s, self.workspace_id, v.workflow, self.secret_name) == (
+            v.workflow_id, v.number, self.ciphertext)
+
+
+class HookCache:
+    """What a webhook request needs besides the body, kept between requests: the workflow's latest
+    version (parsed spec) and its signing secret (decrypted), per (workspace, workflow).
+
+    Nothing in it is trusted without the store's word, and no invalidation message or expiry
+    is involved, so a version saved, or a secret rotated or deleted, by any process — another
+    server machine, the CLI — applies from the next request on:
+
+    * a request that the cached entry accepts (signature and inputs) starts its run with
+      :meth:`Hook.still_current` as the run's precondition, read by the engine's writer right
+      before it writes the run's record: the run exists only if that version and that secret
+      were still the store's then (a change committed later is later than the run's start, as
+      without any cache); otherwise the entry is dropped and the request starts over;
+    * anything else (no entry yet, a signature or inputs the entry refuses, a changed entry)
+      is decided on a fresh read of the store (:meth:`lookup`), as if nothing were cached.
+
+    What the cache saves is a thread hand-off and a session per request, parsing the spec and
+    decrypting the secret; the one read left rides with the write the run needs anyway.
+    """
+
+    MAX_ENTRIES = 1024
+
+    def __init__(self) -> None:
+        self._hooks: dict[tuple[str, str], Hook] = {}
+
+    def cached(self, workspace: str, workflow: str) -> Hook | None:
+        """The entry to try first (not yet checked against the store), if any."""
+        return self._hooks.get((workspace, workflow))
+
+    def forget(self, workspace: str, workflow: str) -> None:
+        self._hooks.pop((workspace, workflow), None)
+
+    def lookup(self, services: Services, workspace: str, workflow: str) -> Hook:
+        """The webhook workflow as the store has it now (remembered for the next requests);
+        NotFoundError when there is none. Blocking (store reads): call it in a thread."""
+        workspace_id = services.workspace_id(workspace)
+        if workspace_id is None:
+            raise NotFoundError(UNKNOWN)
+        key = (workspace, workflow)
+        cached = self._hooks.get(key)
+        with services.session() as s:
+            latest = store.latest_version_number(s, workspace_id, workflow)
+            if latest is None:
+                self._hooks.pop(key, None)
+                raise NotFoundError(UNKNOWN)
+            if cached is not None and (cached.version.workflow_id, cached.version.number) == latest:
+                version = cached.version
+            else:  # that number exactly: a save between the two reads does not mix two versions
+                version = store.get_version(s, workspace_id, workflow, latest[1])
+            if version.spec.trigger.webhook is None:
+                self._hooks.pop(key, None)
+                raise NotFoundError(UNKNOWN)
+            name = secret_name(version.spec)
+            ciphertext = store.get_secret_ciphertexts(s, workspace_id, [name]).get(name)
+        secret: str | None = None
+        if ciphertext is not None:
+            if cached is not None and cached.secret_name == name and cached.ciphertext == ciphertext:
+                secret = cached.secret
+            else:
+                try:
+                    secret = services.secrets_for(workspace_id).get(name)
+                except NotFoundError:  # deleted since the read above
+                    secret = None
+        if cached is not None and cached.version is version:
+            data, digest = cached.data, cached.content_hash
+        else:
+            data, digest = version.spec.to_data(), version.spec.content_hash()
+        hook = Hook(workspace_id, version, name, ciphertext, secret, data, digest)
+        if secret is None:  # nothing to accept with: not worth keeping
+            self._hooks.pop(key, None)
+            return hook
+        if len(self._hooks) >= self.MAX_ENTRIES and key not in self._hooks:
+            self._hooks.clear()
+        self._hooks[key] = hook
+        return hook
+
+
+def hook_cache(request: Request) -> HookCache:
+    """The app's HookCache (made by create_app; made here for an app assembled without it)."""
+    state = request.app.state
+    cache = getattr(state, "webhook_cache", None)
+    if cache is None:
+        cache = state.webhook_cache = HookCache()
+    return cache
 
 
 async def _read_body(request: Request) -> bytes | None:
@@ -139,40 +238,94 @@ async def _read_body(request: Request) -> bytes | None:
     return bytes(body)
 
 
+# The route's parameters, as FastAPI would document them from annotations. The handler checks them itself:
+# this is the one route that must be cheap, and FastAPI's parameter machinery costs more than the check.
+_WORKFLOW_PARAM = re.compile(SLUG_PATTERN)
+WORKSPACE_MAX = 128
+_PARAMETERS: list[dict[str, Any]] = [
+    {"name": "workflow", "in": "path", "required": True,
+     "schema": {"type": "string", "pattern": SLUG_PATTERN, "title": "Workflow"}},
+    {"name": "workspace", "in": "query", "required": False,
+     "schema": {"anyOf": [{"type": "string", "maxLength": WORKSPACE_MAX, "pattern": r"^[^\x00]*$"}, {"type": "null"}],
+                "title": "Workspace"}},
+]
+
+
+def _parameters(request: Request) -> tuple[str, str | None]:
+    """``(workflow, workspace)`` of the request; RequestValidationError (422) like FastAPI's when invalid."""
+    workflow = str(request.path_params.get("workflow", ""))
+    if _WORKFLOW_PARAM.fullmatch(workflow) is None:
+        raise RequestValidationError([{"type": "string_pattern_mismatch", "loc": ("path", "workflow"),
+                                       "msg": f"String should match pattern '{SLUG_PATTERN}'", "input": workflow}])
+    workspace = request.query_params.get("workspace")
+    if workspace is not None and (len(workspace) > WORKSPACE_MAX or "\x00" in workspace):
+        raise RequestValidationError([{"type": "string_too_long" if len(workspace) > WORKSPACE_MAX
+                                       else "string_pattern_mismatch", "loc": ("query", "workspace"),
+                                       "msg": f"String should have at most {WORKSPACE_MAX} characters and no NUL",
+                                       "input": workspace}])
+    return workflow, workspace
+
+
 @router.post(
     "/hooks/{workflow}",
     summary="Start a run of a webhook workflow (signed)",
     responses={200: {"description": "The `respond` step's output."}, 202: {"description": "`{run_id, status}`"},
                401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 413: {"model": ErrorBody},
                422: {"model": ErrorBody}, 502: {"model": ErrorBody}, 504: {"model": ErrorBody}},
+    openapi_extra={"parameters": _PARAMETERS},
 )
-async def webhook(
-    request: Request,
-    workflow: Annotated[str, Path(pattern=SLUG_PATTERN)],
-    workspace: Annotated[str | None, Query(max_length=128, pattern=r"^[^\x00]*$")] = None,
-) -> Response:
+async def webhook(request: Request) -> Response:
+    workflow, workspace = _parameters(request)
     services: Services = request.app.state.services
     body = await _read_body(request)
     if body is None:
         return error_response(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     workspace_name = workspace or services.settings.workspace
+    hooks = hook_cache(request)
+    cached = hooks.cached(workspace_name, workflow)
+    if cached is not None:
+        answer = await _accept(request, services, workspace_name, cached, body, trusted=False)
+        if answer is not None:
+            return answer
+        hooks.forget(workspace_name, workflow)
     try:
-        version, secret = await asyncio.to_thread(_lookup, services, workspace_name, workflow)
+        hook = await asyncio.to_thread(hooks.lookup, services, workspace_name, workflow)
     except NotFoundError:
         return error_response(404, UNKNOWN, UNKNOWN_HINT)
-    spec = version.spec
-    if secret is None:
-        log.warning("webhook %s refused: no secret %r is set", workflow, secret_name(spec))
+    if hook.secret is None:
+        log.warning("webhook %s refused: no secret %r is set", workflow, hook.secret_name)
         return error_response(401, "this webhook has no signing secret yet, so it accepts nothing",
-                              f"an owner sets it: velocitymesh secrets set {secret_name(spec)}")
-    problem = check_signature(secret, request.headers, body)
+                              f"an owner sets it: velocitymesh secrets set {hook.secret_name}")
+    answer = await _accept(request, services, workspace_name, hook, body, trusted=True)
+    assert answer is not None  # a fresh hook answers every request itself
+    return answer
+
+
+async def _accept(request: Request, services: Services, workspace_name: str, hook: Hook, body: bytes, *,
+                  trusted: bool) -> Response | None:
+    """Check the request against ``hook`` and start the run. ``trusted``: ``hook`` was just read from the
+    store; otherwise it comes from the cache, and None means "decide on a fresh read" — the entry
+    refused the request (which a newer secret or version might accept) or is no longer the store's."""
+    assert hook.secret is not None
+    spec = hook.version.spec
+    problem = check_signature(hook.secret, request.headers, body)
     if problem is not None:
+        if not trusted:
+            return None
         return error_response(401, problem, "see the README's Webhooks section for how to sign a request")
     query = {k: v for k, v in request.query_params.items() if k != "workspace"}
-    inputs = webhook_inputs(spec, body, request.headers.get("content-type", ""), request.headers, query)
     engine = services.engine_for(workspace_name)
+    try:
+        inputs = webhook_inputs(spec, body, request.headers.get("content-type", ""), request.headers, query)
+        run_id = await engine.start(spec, inputs, version=hook.version.number,
+                                    workflow_id=hook.version.workflow_id or None,
+                                    precondition=None if trusted else hook.still_current,
+                                    prepared=(hook.data, hook.content_hash))
+    except (UsageError, PreconditionFailed):
+        if not trusted:
+            return None
+        raise
     respond = spec.trigger.webhook.respond if spec.trigger.webhook else None
-    run_id = await engine.start(spec, inputs, version=version.number, workflow_id=version.workflow_id or None)
     if respond is None or not any(s.id == respond for s in spec.steps):
         return JSONResponse({"run_id": run_id, "status": "queued"}, status_code=202)
     timeout = spec.step(respond).timeout or services.settings.webhook_timeout

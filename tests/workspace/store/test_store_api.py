@@ -15,7 +15,8 @@ EXPECTED = {
     "get_or_create_workspace", "get_workspace", "list_workspaces",
     # workflows
     "save_workflow", "get_workflow", "list_workflows", "get_version", "list_versions", "diff_versions",
-    "restore_version", "delete_workflow",
+    "restore_version", "delete_workflow", "latest_version_number",
+    "latest_version_and_secret",
     # runs
     "create_run", "update_run", "record_steps", "get_run", "list_runs", "set_decision",
     "mark_stale_runs_crashed", "mark_run_cancelled", "resolve_run_id",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -41,12 +42,18 @@ def get_secret_ciphertexts(
     s: Session, workspace_id: str, names: Iterable[str] | None = None
 ) -> dict[str, bytes]:
     """Ciphertexts by name: all of the workspace's, or those of ``names`` that exist."""
-    q = sa.select(secrets_table.c.name, secrets_table.c.ciphertext).where(
-        secrets_table.c.workspace_id == workspace_id
-    )
+    params: dict[str, Any] = {"workspace_id": workspace_id}
     if names is not None:
-        q = q.where(secrets_table.c.name.in_(list(names)))
-    return {name: bytes(ct) for name, ct in s.execute(q)}
+        params["names"] = list(names)
+    rows = s.connection().execute(_CIPHERTEXTS if names is None else _CIPHERTEXTS_NAMED, params)
+    return {name: bytes(ct) for name, ct in rows}
+
+
+# Built once (every run and every webhook request reads these): building a statement costs more than running it.
+_CIPHERTEXTS = sa.select(secrets_table.c.name, secrets_table.c.ciphertext).where(
+    secrets_table.c.workspace_id == sa.bindparam("workspace_id")
+)
+_CIPHERTEXTS_NAMED = _CIPHERTEXTS.where(secrets_table.c.name.in_(sa.bindparam("names", expanding=True)))
 
 
 def list_secret_names(s: Session, workspace_id: str) -> list[SecretInfo]:

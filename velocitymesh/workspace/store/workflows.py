@@ -9,6 +9,7 @@ brings it back with its history.
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 import sqlalchemy as sa
 import yaml
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from velocitymesh.errors import ConflictError, NotFoundError
 from velocitymesh.workspace.spec import Workflow
 from velocitymesh.workspace.store.domain import RunSummary, WorkflowInfo, WorkflowVersion
-from velocitymesh.workspace.store.models import RunRow, WorkflowRow, WorkflowVersionRow, new_id, utcnow
+from velocitymesh.workspace.store.models import RunRow, SecretRow, WorkflowRow, WorkflowVersionRow, new_id, utcnow
 
 
 def _version(row: WorkflowVersionRow, name: str) -> WorkflowVersion:
@@ -134,37 +135,44 @@ def save_workflow(
     return _version(row, wf.name)
 
 
-def _infos(s: Session, workspace_id: str, name: str | None = None) -> list[WorkflowInfo]:
+def _infos_statement(by_name: bool) -> sa.Select[Any]:
     # One statement: each workflow joined to its newest run through a correlated subquery
     # (served by the (workspace_id, workflow_name, created_at) index), not one query per workflow.
+    # Core tables and bound parameters, built once: building the statement and its cache key cost
+    # more than running it, and this is the API's busiest read.
+    wf: sa.Table = WorkflowRow.__table__  # type: ignore[assignment]
+    run: sa.Table = RunRow.__table__  # type: ignore[assignment]
     newest_run = (
-        sa.select(RunRow.id)
-        .where(RunRow.workspace_id == WorkflowRow.workspace_id, RunRow.workflow_name == WorkflowRow.name)
-        .order_by(RunRow.created_at.desc())
+        sa.select(run.c.id)
+        .where(run.c.workspace_id == wf.c.workspace_id, run.c.workflow_name == wf.c.name)
+        .order_by(run.c.created_at.desc())
         .limit(1)
-        .correlate(WorkflowRow)
+        .correlate(wf)
         .scalar_subquery()
     )
+    # Columns, not WorkflowRow objects: a listing needs no identity map (half the cost of the query).
     q = (
         sa.select(
-            WorkflowRow,
-            RunRow.id,
-            RunRow.status,
-            RunRow.version,
-            RunRow.created_at,
-            RunRow.started_at,
-            RunRow.finished_at,
-            RunRow.cost_usd,
-            RunRow.tokens,
+            wf.c.id, wf.c.name, wf.c.latest_version, wf.c.created_at, wf.c.updated_at,
+            run.c.id, run.c.status, run.c.version, run.c.created_at, run.c.started_at, run.c.finished_at,
+            run.c.cost_usd, run.c.tokens,
         )
-        .outerjoin(RunRow, RunRow.id == newest_run)
-        .where(WorkflowRow.workspace_id == workspace_id, WorkflowRow.deleted_at.is_(None))
-        .order_by(WorkflowRow.name)
+        .select_from(wf.outerjoin(run, run.c.id == newest_run))
+        .where(wf.c.workspace_id == sa.bindparam("workspace_id"), wf.c.deleted_at.is_(None))
+        .order_by(wf.c.name)
     )
-    if name is not None:
-        q = q.where(WorkflowRow.name == name)
+    return q.where(wf.c.name == sa.bindparam("name")) if by_name else q
+
+
+_INFOS = {by_name: _infos_statement(by_name) for by_name in (False, True)}
+
+
+def _infos(s: Session, workspace_id: str, name: str | None = None) -> list[WorkflowInfo]:
+    q = _INFOS[name is not None]
+    params = {"workspace_id": workspace_id, **({"name": name} if name is not None else {})}
     infos = []
-    for wf, run_id, status, version, created, started, finished, cost, tokens in s.execute(q):
+    for wf_id, wf_name, latest, wf_created, wf_updated, run_id, status, version, created, started, finished, cost, \
+            tokens in s.connection().execute(q, params):
         last = (
             RunSummary(run_id, status, version, created, started, finished, cost, tokens)
             if run_id is not None
@@ -172,11 +180,11 @@ def _infos(s: Session, workspace_id: str, name: str | None = None) -> list[Workf
         )
         infos.append(
             WorkflowInfo(
-                id=wf.id,
-                name=wf.name,
-                latest_version=wf.latest_version,
-                created_at=wf.created_at,
-                updated_at=wf.updated_at,
+                id=wf_id,
+                name=wf_name,
+                latest_version=latest,
+                created_at=wf_created,
+                updated_at=wf_updated,
                 last_run=last,
             )
         )
@@ -194,6 +202,55 @@ def get_workflow(s: Session, workspace_id: str, name: str) -> WorkflowInfo:
 def list_workflows(s: Session, workspace_id: str) -> list[WorkflowInfo]:
     """The workspace's workflows (not deleted), by name, each with its last run."""
     return _infos(s, workspace_id)
+
+
+_workflows: sa.Table = WorkflowRow.__table__  # type: ignore[assignment]
+# Built once: the webhook path asks it on every request.
+_LATEST = sa.select(_workflows.c.id, _workflows.c.latest_version).where(
+    _workflows.c.workspace_id == sa.bindparam("workspace_id"),
+    _workflows.c.name == sa.bindparam("name"),
+    _workflows.c.deleted_at.is_(None),
+)
+
+
+def latest_version_number(s: Session, workspace_id: str, name: str) -> tuple[str, int] | None:
+    """``(workflow id, number of its latest version)``, or None when no (undeleted) workflow has that name.
+
+    One indexed read, for callers that keep versions in memory: a saved version never changes,
+    so the same workflow id and number is the same spec, whichever process saved it.
+    """
+    row = s.connection().execute(_LATEST, {"workspace_id": workspace_id, "name": name}).first()
+    return None if row is None else (str(row[0]), int(row[1]))
+
+
+_secrets: sa.Table = SecretRow.__table__  # type: ignore[assignment]
+_LATEST_AND_SECRET = (
+    sa.select(_workflows.c.id, _workflows.c.latest_version, _secrets.c.ciphertext)
+    .select_from(
+        _workflows.outerjoin(
+            _secrets,
+            sa.and_(_secrets.c.workspace_id == _workflows.c.workspace_id, _secrets.c.name == sa.bindparam("secret")),
+        )
+    )
+    .where(
+        _workflows.c.workspace_id == sa.bindparam("workspace_id"),
+        _workflows.c.name == sa.bindparam("name"),
+        _workflows.c.deleted_at.is_(None),
+    )
+)
+
+
+def latest_version_and_secret(
+    s: Session, workspace_id: str, name: str, secret: str
+) -> tuple[str, int, bytes | None] | None:
+    """``(workflow id, latest version number, ciphertext of the secret named ``secret`` or None)``, or None
+    when no (undeleted) workflow has that name: what a webhook kept in memory checks, in one read."""
+    row = s.connection().execute(
+        _LATEST_AND_SECRET, {"workspace_id": workspace_id, "name": name, "secret": secret}
+    ).first()
+    if row is None:
+        return None
+    return str(row[0]), int(row[1]), None if row[2] is None else bytes(row[2])
 
 
 def get_version(s: Session, workspace_id: str, name: str, number: int | None = None) -> WorkflowVersion:
