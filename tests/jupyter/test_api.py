@@ -212,6 +212,9 @@ def test_deploy_sets_the_schedule_saves_and_deploys(ws: LocalWorkspace, monkeypa
     fake.deploy = fake_deploy  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "velocitymesh.flows.prefect_deploy", fake)
     monkeypatch.setattr(flows, "prefect_deploy", fake, raising=False)
+    # and no Prefect server: deploy() chooses the API first (tests/flows/test_notebook_deploy.py does it for real)
+    chosen: list[Any] = []
+    monkeypatch.setattr("velocitymesh.flows.prefect_server.ensure_prefect_api", lambda s: chosen.append(s))
     wf = vm.Workflow("nightly")
     wf.transform("x", 1)
     with pytest.raises(UsageError, match="no schedule"):
@@ -220,6 +223,7 @@ def test_deploy_sets_the_schedule_saves_and_deploys(ws: LocalWorkspace, monkeypa
     saved, _ = ws.spec("nightly")
     assert saved.trigger.schedule is not None and saved.trigger.schedule.cron == "0 3 * * *"
     assert calls == [{"workflow": "nightly", "workspace": "default", "version": None, "inputs": {}}]
+    assert chosen == [ws.settings]
 
 
 def test_generate_gives_a_builder(ws: LocalWorkspace) -> None:

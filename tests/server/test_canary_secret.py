@@ -92,6 +92,11 @@ async def test_the_canary_never_leaks(
     stop()
     assert events, "no run events were seen"
     keep(await c.get(f"/api/v1/runs/{run_id}", headers=team.auth("viewer")))
+    # the failed run as a debugging notebook: its loader reads the secrets where it runs, none is in the file
+    for step in (None, "shout", "fetch", "echo", "last"):
+        r = keep(await c.get(f"/api/v1/runs/{run_id}/debug-notebook", params={"step": step} if step else {},
+                             headers=team.auth("viewer")))
+        assert r.status_code == 200 and "load_failed_step" in r.text, (step, r.text[:300])
     keep(await c.get("/api/v1/runs", headers=team.auth("viewer")))
     # the webhook answers with a step output that held the secret
     stamp = int(time.time())

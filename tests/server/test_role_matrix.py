@@ -34,6 +34,8 @@ ENDPOINTS: list[tuple[str, str, Any, str, bool]] = [
     ("POST", "/api/v1/runs/{run}/resume", {}, "editor", True),
     ("POST", "/api/v1/runs/{run}/steps/greet/approve", {}, "editor", True),
     ("POST", "/api/v1/runs/{run}/steps/greet/reject", {}, "editor", True),
+    ("GET", "/api/v1/runs/{run}/debug-notebook?step=greet", None, "viewer", True),
+    ("GET", "/api/v1/runs/{run}/steps/greet/artifacts/greet.ipynb", None, "viewer", True),
     ("GET", "/api/v1/secrets", None, "viewer", False),
     ("PUT", "/api/v1/secrets/MATRIX_{role}", {"value": "v"}, "owner", False),
     ("DELETE", "/api/v1/secrets/GHOST", None, "owner", False),

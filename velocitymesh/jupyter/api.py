@@ -17,7 +17,9 @@
 
 What a builder holds is a workflow spec (``vm.WorkflowSpec``, the one document every part
 of VelocityMesh reads); ``wf.spec`` validates it and ``vm.load(name)`` turns a saved one
-back into a builder, python steps keeping their code.
+back into a builder, python steps keeping their code. ``vm.load(name, live=True)`` joins the
+workflow's live draft instead, the one the dashboard's editor shows: every change made to
+the builder reaches the people editing it, and theirs reach the builder (``live.py``).
 
 Mistakes are reported where they are made, not at run time: a function that cannot be
 captured (``capture.py``), a parameter naming no earlier step or input, a template
@@ -26,9 +28,11 @@ pointing at a step that does not exist, a ``needs`` that would make a cycle.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from velocitymesh.errors import SpecError, UsageError
@@ -39,12 +43,16 @@ from velocitymesh.workspace.spec import SLUG_PATTERN, STEP_ID_PATTERN, Step
 from velocitymesh.workspace.spec import Workflow as WorkflowSpec
 
 if TYPE_CHECKING:
+    from velocitymesh.jupyter.live import LiveSession
+    from velocitymesh.jupyter.widgets import WorkflowWidget
     from velocitymesh.workspace.problems import Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 STEP_OPTIONS = ("needs", "retries", "timeout", "when", "cache", "on_error", "budget", "map", "description")
 _MISSING: Any = object()
+# Attributes that are part of the document: assigning one on a live builder sends the change.
+_DOCUMENT_ATTRIBUTES = frozenset({"name", "description", "trigger", "inputs"})
 
 
 def _raw_fields(kind: str) -> frozenset[str]:
@@ -68,11 +76,21 @@ def _slug_hint(name: str) -> str:
 
 
 class Workflow:
-    """A workflow being built in a notebook (see the module docstring)."""
+    """A workflow being built in a notebook (see the module docstring).
+
+    A live builder (``vm.load(name, live=True)``) is changed from two threads: the notebook's,
+    and the background loop's when someone else edits the draft. ``_lock`` guards the
+    document's fields; every change made through the builder runs inside ``_editing()``,
+    which sends it to the draft once the outermost change is done (outside the lock: the
+    loop takes the lock too, so waiting for the loop while holding it would deadlock).
+    """
 
     def __init__(self, name: str, description: str = "", inputs: Mapping[str, Any] | list[str] | None = None, *,
                  cron: str | None = None, timezone: str = "UTC", trigger: Mapping[str, Any] | None = None,
                  workspace: Workspace | None = None) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0  # nesting of _editing() on the thread holding the lock
+        self._live: LiveSession | None = None
         if not isinstance(name, str) or not re.match(SLUG_PATTERN, name):
             raise UsageError(f"{name!r} is not a workflow name", hint=_slug_hint(str(name)))
         if cron is not None and trigger is not None:
@@ -103,15 +121,47 @@ class Workflow:
             from velocitymesh.workspace.yamlio import workflow_from_data
 
             spec = workflow_from_data(dict(spec))
-        data = spec.to_data()
         wf = cls(spec.name, spec.description, workspace=workspace)
-        wf.trigger = dict(data.get("trigger") or {})
-        wf.inputs = {k: dict(v) for k, v in (data.get("inputs") or {}).items()}
-        wf._steps = [s.model_copy(deep=True) for s in spec.steps]
-        wf._extra = {k: data[k] for k in ("concurrency", "budget") if k in data}
+        wf._load_spec(spec)
         if version is not None:
             wf._saved = (version, spec.content_hash())
         return wf
+
+    def _load_spec(self, spec: WorkflowSpec) -> None:
+        """Hold ``spec`` (same name) from now on, replacing every field at once; not sent to a
+        live draft (the live session calls it with what the draft says)."""
+        data = spec.to_data()
+        fields = {
+            "description": spec.description,
+            "trigger": dict(data.get("trigger") or {}),
+            "inputs": {k: dict(v) for k, v in (data.get("inputs") or {}).items()},
+            "_steps": [s.model_copy(deep=True) for s in spec.steps],
+            "_extra": {k: data[k] for k in ("concurrency", "budget") if k in data},
+        }
+        with self._lock:
+            self.__dict__.update(fields)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _DOCUMENT_ATTRIBUTES and self.__dict__.get("_live") is not None:
+            if name == "name" and value != self.name:
+                raise UsageError(f"workflow {self.name!r} is being edited live; its name cannot change",
+                                 hint="wf.close() first, then rename the copy (or make a new vm.Workflow)")
+            with self._editing():
+                object.__setattr__(self, name, value)
+            return
+        object.__setattr__(self, name, value)
+
+    @contextlib.contextmanager
+    def _editing(self) -> Iterator[None]:
+        """Change the document (under the lock); a live builder sends the change afterwards."""
+        with self._lock:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+        if self._depth == 0 and self._live is not None:
+            self._live.sync()
 
     @classmethod
     def from_yaml(cls, text: str, *, workspace: Workspace | None = None) -> Workflow:
@@ -125,6 +175,11 @@ class Workflow:
         """Declare an input; its type follows the default's unless given. Returns the workflow."""
         if not isinstance(name, str) or not re.match(STEP_ID_PATTERN, name):
             raise UsageError(f"{name!r} is not an input name", hint="use a Python-like name: letters, digits, _")
+        with self._editing():
+            self._input(name, default, type, description, required)
+        return self
+
+    def _input(self, name: str, default: Any, type: str | None, description: str, required: bool | None) -> None:
         from velocitymesh.workspace.spec import _input_from_default
 
         spec: dict[str, Any] = _input_from_default(default) if default is not None else {"type": "string"}
@@ -135,7 +190,6 @@ class Workflow:
         if required is not None:
             spec["required"] = required
         self.inputs[name] = spec
-        return self
 
     # --- steps -------------------------------------------------------------------------------
     def step(self, fn: Callable[..., Any] | None = None, /, *, id: str | None = None, needs: list[str] | None = None,
@@ -151,13 +205,14 @@ class Workflow:
         def decorate(func: F) -> F:
             captured = capture_function(func)
             step_id = id or captured.name
-            bound, inferred = self._bind(captured.parameters, step_id, captured.name, args or {})
-            config: dict[str, Any] = {"code": captured.code, "function": captured.name, "args": bound}
-            if isolation is not None:
-                config["isolation"] = isolation
-            self._add(step_id, "python", config, needs=[*(needs or []), *inferred], retries=retries,
-                      timeout=timeout, when=when, cache=cache, on_error=on_error, budget=budget,
-                      description=captured.description)
+            with self._editing():
+                bound, inferred = self._bind(captured.parameters, step_id, captured.name, args or {})
+                config: dict[str, Any] = {"code": captured.code, "function": captured.name, "args": bound}
+                if isolation is not None:
+                    config["isolation"] = isolation
+                self._add(step_id, "python", config, needs=[*(needs or []), *inferred], retries=retries,
+                          timeout=timeout, when=when, cache=cache, on_error=on_error, budget=budget,
+                          description=captured.description)
             return func
 
         if fn is not None:
@@ -206,13 +261,15 @@ class Workflow:
         if unknown:
             raise UsageError(f"unknown step option(s) {', '.join(unknown)}",
                              hint=f"step options: {', '.join(STEP_OPTIONS)}; kind settings go in config={{…}}")
-        self._add(id, kind, dict(config or {}), **options)
+        with self._editing():
+            self._add(id, kind, dict(config or {}), **options)
         return self
 
     def _builder(self, step_id: str, kind: str, config: dict[str, Any], options: dict[str, Any]) -> Workflow:
         step_opts = {k: options.pop(k) for k in list(options) if k in STEP_OPTIONS}
         config.update(options)
-        self._add(step_id, kind, {k: v for k, v in config.items() if v is not _MISSING}, **step_opts)
+        with self._editing():
+            self._add(step_id, kind, {k: v for k, v in config.items() if v is not _MISSING}, **step_opts)
         return self
 
     def llm(self, id: str, prompt: str | None = None, *, model: str | None = None, schema: Any = None,
@@ -314,14 +371,14 @@ class Workflow:
 
     def remove(self, step_id: str) -> Workflow:
         """Remove a step no other step needs."""
-        users = [s.id for s in self._steps if step_id in s.needs]
-        if users:
-            raise UsageError(f"steps {', '.join(users)} need {step_id!r}", hint="remove or change them first")
-        before = len(self._steps)
-        self._steps = [s for s in self._steps if s.id != step_id]
-        if len(self._steps) == before:
-            raise UsageError(f"workflow {self.name!r} has no step {step_id!r}",
-                             hint=f"steps: {', '.join(self.step_ids) or 'none'}")
+        with self._editing():
+            users = [s.id for s in self._steps if step_id in s.needs]
+            if users:
+                raise UsageError(f"steps {', '.join(users)} need {step_id!r}", hint="remove or change them first")
+            if step_id not in self:
+                raise UsageError(f"workflow {self.name!r} has no step {step_id!r}",
+                                 hint=f"steps: {', '.join(self.step_ids) or 'none'}")
+            self._steps = [s for s in self._steps if s.id != step_id]
         return self
 
     @property
@@ -345,15 +402,18 @@ class Workflow:
     # --- the document --------------------------------------------------------------------------
     def to_data(self) -> dict[str, Any]:
         """The document as plain data, as it stands (not validated)."""
-        data: dict[str, Any] = {"name": self.name}
-        if self.description:
-            data["description"] = self.description
-        if self.trigger:
-            data["trigger"] = self.trigger
-        if self.inputs:
-            data["inputs"] = self.inputs
-        data.update(self._extra)
-        data["steps"] = [s.model_dump(mode="json", by_alias=True, exclude_defaults=True) for s in self._steps]
+        import copy
+
+        with self._lock:  # one consistent state, even while a live draft replaces it
+            data: dict[str, Any] = {"name": self.name}
+            if self.description:
+                data["description"] = self.description
+            if self.trigger:
+                data["trigger"] = copy.deepcopy(self.trigger)
+            if self.inputs:
+                data["inputs"] = copy.deepcopy(self.inputs)
+            data.update(copy.deepcopy(self._extra))
+            data["steps"] = [s.model_dump(mode="json", by_alias=True, exclude_defaults=True) for s in self._steps]
         return data
 
     @property
@@ -390,12 +450,23 @@ class Workflow:
         return self.workspace if self.workspace is not None else workspace()
 
     def run(self, inputs: Mapping[str, Any] | None = None, /, **values: Any) -> Run:
-        """Run in this process (a live widget in Jupyter) and wait for the end; inputs as keywords."""
+        """Run in this process (a live widget in Jupyter) and wait for the end; inputs as keywords.
+
+        A live builder runs the merged draft as it stands (its last valid state, if someone
+        is in the middle of an edit that does not validate yet)."""
+        if self._live is not None:
+            self._live.sync()
         return self._workspace().run(self, {**dict(inputs or {}), **values})
 
     def save(self, message: str = "") -> Version:
-        """Save as the next version (nothing new when unchanged); the dashboard shows it at once."""
-        version = self._workspace().save(self, message)
+        """Save as the next version (nothing new when unchanged); the dashboard shows it at once.
+
+        A live builder saves the merged draft (everyone's edits), only when it validates:
+        SpecError listing the draft's problems otherwise."""
+        if self._live is not None:
+            version = self._live.save(message)
+        else:
+            version = self._workspace().save(self, message)
         self._saved = (version.number, version.content_hash or self.spec.content_hash())
         return version
 
@@ -428,21 +499,87 @@ class Workflow:
         """This workflow's newest runs."""
         return self._workspace().runs(self.name, limit=limit)
 
+    # --- live editing --------------------------------------------------------------------------
+    @property
+    def live(self) -> bool:
+        """Whether this builder is joined to the workflow's live draft (``vm.load(name, live=True)``)."""
+        return self._live is not None
+
+    @property
+    def live_problems(self) -> list[Problem]:
+        """The live draft's problems: while someone's edit does not validate, the builder keeps
+        the last valid state and these say why (``[]`` when the draft validates)."""
+        return list(self._live.problems) if self._live is not None else []
+
+    @property
+    def live_status(self) -> str:
+        """One line on live sync when it is not plain sailing (paused, or this process only); else ``""``."""
+        return self._live.status_line() if self._live is not None else ""
+
+    @property
+    def live_text(self) -> str | None:
+        """The live draft's merged YAML, as everyone sees it (None when not live)."""
+        return self._live.text if self._live is not None else None
+
+    def sync(self) -> Workflow:
+        """Send changes made in place (``wf.inputs['n']['default'] = 3``) to the live draft now.
+
+        Changes made through the builder's methods and attributes are sent at once; a
+        change made inside a dict it holds is noticed at the next one, or here."""
+        if self._live is not None:
+            self._live.sync()
+        return self
+
+    def close(self) -> None:
+        """Leave the live draft (others stop seeing this notebook); the builder keeps its last state."""
+        if self._live is not None:
+            self._live.close()
+
     # --- display -------------------------------------------------------------------------------
     def __repr__(self) -> str:
-        return f"<Workflow {self.name} steps={self.step_ids}>"
+        live = ""
+        if self._live is not None:
+            live = " live"
+            status, problems = self._live.status_line(short=True), self.live_problems
+            if status:
+                live += f" ({status})"
+            errors = [p for p in problems if p.severity == "error"]
+            if errors:
+                live += f"; the draft has {len(errors)} problem(s), keeping the last valid state: {errors[0]}"
+        return f"<Workflow {self.name} steps={self.step_ids}{live}>"
+
+    def widget(self) -> WorkflowWidget:
+        """A widget showing the DAG; a live builder keeps it current as the draft changes."""
+        from velocitymesh.jupyter.widgets import WorkflowWidget
+
+        view = WorkflowWidget(self.name)
+        if self._live is not None:
+            self._live.attach(view)
+        else:
+            view.refresh(self.to_data())
+        return view
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         from velocitymesh.jupyter.dag import dag_html
+        from velocitymesh.jupyter.workspace import in_kernel
 
+        if self._live is not None and in_kernel():  # a widget that follows the draft
+            bundle: dict[str, Any] = self.widget()._repr_mimebundle_(include=include, exclude=exclude)
+            return {**bundle, "text/plain": repr(self)}
         return {"text/plain": repr(self), "text/html": dag_html(self.to_data(), title=self.name)}
 
 
-def load(name: str, version: int | None = None, *, workspace: Workspace | None = None) -> Workflow:
-    """A saved workflow as a builder, to continue editing it (python steps keep their code)."""
+def load(name: str, version: int | None = None, *, live: bool = False, workspace: Workspace | None = None) -> Workflow:
+    """A saved workflow as a builder, to continue editing it (python steps keep their code).
+
+    ``live=True`` joins the workflow's live draft, the one the dashboard's editor shows:
+    the builder's changes reach everyone editing it and theirs reach the builder, until
+    ``wf.close()``. It needs the local workspace (``vm.workspace()``); a team shares one by
+    pointing ``VM_DATABASE_URL`` and ``VM_REDIS_URL`` at the server's Postgres and Redis.
+    """
     from velocitymesh.jupyter.workspace import workspace as default_workspace
 
-    return (workspace or default_workspace()).load(name, version)
+    return (workspace or default_workspace()).load(name, version, live=live)
 
 
 def generate(request: str, *, current: Workflow | str | None = None, model: str | None = None,

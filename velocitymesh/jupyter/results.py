@@ -1,7 +1,10 @@
 """What the notebook API hands back: runs, their steps, saved versions, workflow entries.
 
 The same objects come from the local store and from a remote server's JSON, so a
-notebook reads a run the same way wherever it ran.
+notebook reads a run the same way wherever it ran. A step's ``artifacts`` (the files it
+kept, e.g. a notebook step's executed notebook) are file paths for a local workspace and,
+for a remote one, the API paths that download them (``/api/v1/runs/…/artifacts/<name>``,
+fetched with the workspace's token).
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from velocitymesh.errors import StepError
 
@@ -43,13 +48,28 @@ class StepRecord:
     duration_ms: float | None = None
     cost: float = 0.0
     tokens: int = 0
+    # the files the step kept: paths (local workspace) or API paths (remote), see the module's docstring
+    artifacts: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, step_id: str, rec: Any) -> StepRecord:
+    def of(cls, step_id: str, rec: Any, *, run_id: str = "", artifacts_dir: Path | None = None) -> StepRecord:
         return cls(id=step_id, status=_get(rec, "status", "pending"), output=_get(rec, "output"),
                    error=_get(rec, "error"), input=_get(rec, "input"), logs=list(_get(rec, "logs") or []),
                    attempts=_get(rec, "attempts") or 0, duration_ms=_get(rec, "duration_ms"),
-                   cost=float(_get(rec, "cost_usd") or 0.0), tokens=int(_get(rec, "tokens") or 0))
+                   cost=float(_get(rec, "cost_usd") or 0.0), tokens=int(_get(rec, "tokens") or 0),
+                   artifacts=_artifacts(step_id, rec, run_id, artifacts_dir))
+
+
+def _artifacts(step_id: str, rec: Any, run_id: str, artifacts_dir: Path | None) -> list[str]:
+    if isinstance(rec, Mapping) and isinstance(rec.get("artifacts"), list):  # the API's StepOut: names
+        return [f"/api/v1/runs/{quote(run_id, safe='')}/steps/{quote(step_id, safe='')}/artifacts/{quote(str(n))}"
+                for n in rec["artifacts"]]
+    from velocitymesh.flows.recorder import artifact_names
+
+    names = artifact_names(run_id, step_id, _get(rec, "details"))
+    if artifacts_dir is None:  # where the store's artifacts are is not known here: relative to it
+        return [f"{run_id}/{step_id}/{n}" for n in names]
+    return [str(artifacts_dir / run_id / step_id / n) for n in names]
 
 
 @dataclass
@@ -70,13 +90,16 @@ class Run:
     created_at: datetime | str | None = None
 
     @classmethod
-    def of(cls, rec: Any) -> Run:
-        """From a store record (``store.Run``) or the API's JSON (``RunOut``)."""
+    def of(cls, rec: Any, *, artifacts_dir: Path | None = None) -> Run:
+        """From a store record (``store.Run``; ``artifacts_dir`` makes its steps' artifacts full paths)
+        or the API's JSON (``RunOut``)."""
         raw_steps = _get(rec, "steps") or {}
+        run_id = str(_get(rec, "id") or "")
         if isinstance(raw_steps, list):  # the API lists steps in spec order
-            steps = {s["step_id"]: StepRecord.of(s["step_id"], s) for s in raw_steps}
+            steps = {s["step_id"]: StepRecord.of(s["step_id"], s, run_id=run_id) for s in raw_steps}
         else:
-            steps = {sid: StepRecord.of(sid, s) for sid, s in raw_steps.items()}
+            steps = {sid: StepRecord.of(sid, s, run_id=run_id, artifacts_dir=artifacts_dir)
+                     for sid, s in raw_steps.items()}
         spec = _get(rec, "spec") or {}
         specs = spec.get("steps", []) if isinstance(spec, dict) else []
         needed = {n for s in specs for n in ([s.get("needs")] if isinstance(s.get("needs"), str)
@@ -102,6 +125,11 @@ class Run:
     @property
     def ok(self) -> bool:
         return self.status == "succeeded"
+
+    @property
+    def artifacts(self) -> dict[str, list[str]]:
+        """The files the run's steps kept, by step (steps that kept none left out)."""
+        return {sid: s.artifacts for sid, s in self.steps.items() if s.artifacts}
 
     def raise_for_status(self) -> Run:
         """Raise StepError with the run's error unless it succeeded (or waits for approval)."""

@@ -6,6 +6,10 @@ are appended, outputs and cost are filled in as steps finish. Events arrive on t
 engine's thread; ipywidgets sends the changes through the kernel's IOPub thread, so the
 view updates while the cell still runs.
 
+:class:`WorkflowWidget` is a workflow's DAG; a live builder (``vm.load(name, live=True)``)
+refreshes it, from the background loop, whenever the draft changes, with a status line
+(who else is editing, or why live sync is paused) and the draft's problems.
+
 :class:`GenerateWidget` takes a request in plain words, shows the generated spec (YAML),
 its DAG and the explanation, and on *Accept* hands the workflow to the notebook
 (``widget.workflow``, the callbacks of ``on_accept``, and optionally a variable).
@@ -165,6 +169,30 @@ class RunWidget(w.VBox):
                 self.handle({"type": "step", "step": sid, "status": rec.status, "output": rec.output,
                              "error": rec.error, "duration_ms": rec.duration_ms, "cost_usd": rec.cost})
         self.handle({"type": "run", "status": run.status, "cost_usd": run.cost, "error": run.error})
+
+
+class WorkflowWidget(w.VBox):
+    """A workflow's DAG, with a status line and the problems of its live draft."""
+
+    def __init__(self, title: str, **kw: Any) -> None:
+        self.title = title
+        self.status = w.HTML("")
+        self.dag = w.HTML("")
+        self.problems = w.HTML("")
+        super().__init__([self.status, self.dag, self.problems], **kw)
+
+    def refresh(self, data: dict[str, Any], *, status: str = "", problems: list[Any] | None = None) -> None:
+        """Show ``data`` (the workflow as plain data), a status line and problems (``Problem`` list)."""
+        self.dag.value = dag_html(data, title=self.title)
+        self.status.value = f"<span style='color:#616161'>{html.escape(status)}</span>" if status else ""
+        errors = [p for p in problems or [] if getattr(p, "severity", "error") == "error"]
+        if not errors:
+            self.problems.value = ""
+            return
+        items = "".join(f"<li><code>{html.escape(str(p.path) or '-')}</code> {html.escape(p.message)}</li>"
+                        for p in errors[:10])
+        self.problems.value = ("<div style='color:#e53935'>the draft does not validate yet; showing its last valid "
+                               f"state</div><ul>{items}</ul>")
 
 
 class GenerateWidget(w.VBox):

@@ -5,6 +5,12 @@
 dashboard of the same store shows, at once. ``workspace(url, token)`` is a remote
 VelocityMesh server reached through its REST API (``remote.py``). Both have the same
 methods, so a notebook moves from laptop to server by changing one line.
+
+One exception: ``load(name, live=True)`` (co-editing the workflow's live draft with the
+dashboard and other notebooks) needs the local workspace, because a draft replica talks
+to the store and the bus directly (``velocitymesh.workspace.collab``); the server has no
+API for CRDT updates. A team points the notebook's ``VM_DATABASE_URL`` and ``VM_REDIS_URL``
+at the server's Postgres and Redis, and the local workspace is then the team's.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ if TYPE_CHECKING:
 
     from velocitymesh.flows.engine import Engine
     from velocitymesh.jupyter.api import Workflow
+    from velocitymesh.jupyter.live import LiveSession
     from velocitymesh.settings import Settings
+    from velocitymesh.workspace.collab import CollabHub
+
 
 class Secrets(ABC):
     """The workspace's secrets: set and list names (values never come back)."""
@@ -80,12 +89,29 @@ class Workspace(ABC):
     def deploy(self, name: str, *, version: int | None = None, inputs: Mapping[str, Any] | None = None) -> Any:
         """Schedule the saved workflow on Prefect (its ``trigger.schedule``)."""
 
-    def load(self, name: str, version: int | None = None) -> Workflow:
-        """A saved workflow as a builder, to continue editing it in the notebook."""
+    def load(self, name: str, version: int | None = None, *, live: bool = False) -> Workflow:
+        """A saved workflow as a builder, to continue editing it in the notebook.
+
+        ``live=True``: the builder joins the workflow's live draft (see ``vm.load``).
+        """
         from velocitymesh.jupyter.api import Workflow
 
+        if live:
+            if version is not None:
+                raise UsageError("a live draft has no version: it is what everyone is editing now",
+                                 hint=f"vm.load({name!r}, live=True), or vm.load({name!r}, version={version}) "
+                                 "for a copy of that version")
+            return self._load_live(name)
         spec, number = self.spec(name, version)
         return Workflow.from_spec(spec, workspace=self, version=number)
+
+    def _load_live(self, name: str) -> Workflow:
+        raise ConfigurationError(
+            f"live editing of {name!r} needs the team's database and Redis; a workspace reached through "
+            "a server URL and token cannot join the live draft",
+            hint="set VM_DATABASE_URL and VM_REDIS_URL to the server's Postgres and Redis, then use "
+            f"vm.workspace() (no URL) and vm.load({name!r}, live=True); or edit it here without live=True",
+        )
 
     def _spec_of(self, target: WorkflowSpec | Workflow) -> WorkflowSpec:
         from velocitymesh.flows.validation import check_workflow
@@ -157,6 +183,8 @@ class LocalWorkspace(Workspace):
         self.id, self.name = record.id, record.name
         self.secrets = _LocalSecrets(self)
         self._engine: Engine | None = None
+        self._hub: CollabHub | None = None
+        self.live_sessions: dict[str, LiveSession] = {}  # workflow → its live builder (loop thread only)
 
     def __repr__(self) -> str:
         return f"<LocalWorkspace {self.name} at {self.settings.home}>"
@@ -175,6 +203,22 @@ class LocalWorkspace(Workspace):
             self._engine = Engine(self.settings, session_factory=self.sf, workspace=self.name)
             runner.add_closer(self._engine.aclose)
         return self._engine
+
+    async def collab_hub(self) -> CollabHub:
+        """This workspace's live drafts (one hub, on the background loop, closed at exit)."""
+        if self._hub is None:
+            from velocitymesh.flows.validation import validate_text
+            from velocitymesh.workspace.bus import make_bus
+            from velocitymesh.workspace.collab import CollabHub
+
+            self._hub = CollabHub(self.sf, make_bus(self.settings), self.id, validator=validate_text)
+            runner.add_closer(self._hub.close)
+        return self._hub
+
+    def _load_live(self, name: str) -> Workflow:
+        from velocitymesh.jupyter.live import open_live
+
+        return runner.call(open_live(self, name))
 
     # --- workflows -----------------------------------------------------------------------
     def workflows(self) -> list[WorkflowEntry]:
@@ -271,7 +315,7 @@ class LocalWorkspace(Workspace):
     def get_run(self, run_id: str) -> Run:
         from velocitymesh.workspace import store
 
-        return Run.of(self._query(store.get_run, run_id))
+        return Run.of(self._query(store.get_run, run_id), artifacts_dir=self.settings.artifacts_dir)
 
     def deploy(self, name: str, *, version: int | None = None, inputs: Mapping[str, Any] | None = None) -> Any:
         try:
@@ -283,16 +327,31 @@ class LocalWorkspace(Workspace):
         if deploy is None:
             raise ConfigurationError("this installation has no Prefect deployments yet (flows.prefect_deploy.deploy)",
                                      hint="update velocitymesh, or run the workflow with wf.run()")
+        # Choose the Prefect API (PREFECT_API_URL, else the local server, started if need be) before
+        # deploy() first imports prefect, which reads it once at import — as `velocitymesh deploy` does.
+        from velocitymesh.flows.prefect_server import ensure_prefect_api
+
+        ensure_prefect_api(self.settings)
         return runner.call(deploy(self.settings, name, workspace=self.name, version=version,
                                   inputs=dict(inputs or {})))
 
     def close(self) -> None:
-        """Close the engine (runs still going are cancelled) and the store's connections."""
+        """Leave the live drafts, close the engine (runs still going are cancelled) and the store's
+        connections."""
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            runner.remove_closer(hub.close)
+            runner.call(self._close_live(hub))
         engine, self._engine = self._engine, None
         if engine is not None:
             runner.remove_closer(engine.aclose)
             runner.call(engine.aclose())
         self.sf.kw["bind"].dispose()
+
+    async def _close_live(self, hub: CollabHub) -> None:
+        for session in list(self.live_sessions.values()):
+            await session.aclose()
+        await hub.close()
 
 
 _local: dict[tuple[str, str | None], LocalWorkspace] = {}

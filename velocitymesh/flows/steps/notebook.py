@@ -396,6 +396,7 @@ def _cell_error(error: dict[str, Any], config: Config, artifact: Path) -> StepEr
         hint = "raise VM_PYTHON_MEMORY_MB or make the notebook use less memory; " + hint
     err = StepError(message, hint=hint)
     err.details = {"notebook": str(artifact), "cell": error.get("cell")}  # type: ignore[attr-defined]
+    err.artifacts = [str(artifact)]  # type: ignore[attr-defined]  # recorded on the failed step (flows/execute.py)
     return err
 
 

@@ -1,9 +1,17 @@
 """``/runs``: start (in-process or through Prefect), list, read with steps, cancel, resume,
-approve or reject an approval step.
+approve or reject an approval step; download a failed run as a debugging notebook, and the
+files steps kept (artifacts).
 
 Starting answers at once (202) with the run as recorded; ``wait`` (seconds) holds the
 answer until the run finishes or waits for a person, for scripts that want the result in
 one call. Resume and approval continue the run in the background the same way.
+
+The two downloads are readings of the run, so viewers may have them like the run itself
+(whose step inputs and outputs they already see). The debugging notebook holds no data and
+no secret: it calls ``load_failed_step``, which reads the run and the secrets from the
+store where the notebook is opened (``flows/debug_notebook.py``). An artifact is served
+only when the step's record lists it and it still resolves inside the step's own folder
+of ``VM_HOME/artifacts``; any other name is the same 404 as a missing run.
 """
 
 from __future__ import annotations
@@ -11,12 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mimetypes
 from collections.abc import Coroutine
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import FileResponse
 
-from velocitymesh.errors import ConflictError, NotFoundError
+from velocitymesh.errors import ConflictError, NotFoundError, UsageError
+from velocitymesh.flows.debug_notebook import debug_notebook, debug_notebook_name, failing_step, notebook_text
+from velocitymesh.flows.recorder import artifact_file
 from velocitymesh.server import integrations
 from velocitymesh.server.api.deps import Editor, ServicesDep, Viewer, not_in_workspace
 from velocitymesh.server.auth import AuthUser
@@ -31,8 +44,17 @@ log = logging.getLogger(__name__)
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{6,64}$"
 RunIdPath = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="The run's id (or its first 6+ characters).")]
 StepIdPath = Annotated[str, Path(pattern=STEP_ID_PATTERN, description="The approval step's id.")]
+ArtifactStepPath = Annotated[str, Path(pattern=STEP_ID_PATTERN, description="The id of the step that kept the file.")]
+ArtifactName = Annotated[str, Path(min_length=1, max_length=500,
+                                   description="The file's name, as listed in the step's `artifacts`.")]
+DebugStep = Annotated[str | None, Query(pattern=STEP_ID_PATTERN,
+                                        description="The step to debug; default the one the run failed on.")]
 RUNS_HINT = "GET /api/v1/runs lists the runs of your workspace"
 UNFINISHED = {"queued", "running"}
+NOTEBOOK_TYPE = "application/x-ipynb+json"
+# types a browser would render or run in the page: served as plain bytes (they are downloads anyway)
+ACTIVE_TYPES = {"text/html", "image/svg+xml", "application/xhtml+xml", "text/xml", "application/xml",
+                "text/javascript", "application/javascript"}
 
 
 def scoped_run(services: Services, user: AuthUser, run_id: str) -> store.Run:
@@ -130,6 +152,60 @@ async def cancel_run(run_id: RunIdPath, user: Editor, services: ServicesDep) -> 
     else:
         raise ConflictError(f"run {run.id} is {run.status} already; only unfinished runs can be cancelled")
     return await _load(services, user, run.id)
+
+
+@router.get(
+    "/{run_id}/debug-notebook", summary="The failed step as a notebook that reproduces the failure",
+    response_class=Response,
+    responses={200: {"content": {NOTEBOOK_TYPE: {}},
+                     "description": "The .ipynb file (an attachment): it loads the step's exact inputs from the "
+                                    "store where it is opened, then runs the step's code."}},
+)
+async def get_debug_notebook(run_id: RunIdPath, user: Viewer, services: ServicesDep,
+                             step: DebugStep = None) -> Response:
+    run = await asyncio.to_thread(scoped_run, services, user, run_id)
+    try:
+        sid = failing_step(run, step)
+    except UsageError as e:
+        if step is None:
+            raise ConflictError(f"run {run.id} has no failed step to debug (it is {run.status})",
+                                hint="add ?step=ID to open any step of the run as a notebook") from None
+        raise NotFoundError(e.message, hint=e.hint) from None
+    settings = services.settings
+    # where the notebook finds the store: this server's VM_HOME (SQLite); with a database URL the
+    # environment it is opened in names the database
+    home = str(settings.home.resolve()) if settings.database_url is None else None
+    workspace = user.workspace_name if user.workspace_name not in ("", "default") else None
+    try:
+        notebook = debug_notebook(run, sid, home=home, workspace=workspace)
+    except UsageError as e:  # the step is not in the spec the run ran
+        raise NotFoundError(e.message, hint=e.hint) from None
+    name = debug_notebook_name(run, sid)
+    return Response(notebook_text(notebook), media_type=NOTEBOOK_TYPE,
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@router.get(
+    "/{run_id}/steps/{step_id}/artifacts/{name:path}", summary="Download a file a step kept",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The file (an attachment)."}},
+)
+async def get_artifact(run_id: RunIdPath, step_id: ArtifactStepPath, name: ArtifactName, user: Viewer,
+                       services: ServicesDep) -> FileResponse:
+    run = await asyncio.to_thread(scoped_run, services, user, run_id)
+    record = run.steps.get(step_id)
+    path: FilePath | None = None
+    if record is not None:
+        path = await asyncio.to_thread(artifact_file, services.settings.artifacts_dir, run.id, step_id,
+                                       record.details, name)
+    if path is None:
+        raise NotFoundError(f"step {step_id!r} of run {run.id} kept no file {name!r}",
+                            hint=f"GET /api/v1/runs/{run.id} lists each step's artifacts")
+    media_type = NOTEBOOK_TYPE if path.suffix == ".ipynb" else mimetypes.guess_type(path.name)[0]
+    if media_type is None or media_type in ACTIVE_TYPES:
+        media_type = "application/octet-stream"
+    return FileResponse(path, media_type=media_type, filename=path.name,
+                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
 
 
 def _cancel_stored(services: Services, run: store.Run) -> None:

@@ -3,6 +3,11 @@
 Step statuses (colours), the graph, logs, streamed model text, outputs and cost all
 follow the bus live (see ``live.py``); nothing polls. Editors can cancel a running run,
 resume a failed one and decide waiting approval steps.
+
+Two downloads are plain links to the API (the browser sends the session cookie, which
+the API accepts for reads): a failed run as a debugging notebook
+(``GET /api/v1/runs/{id}/debug-notebook``), and the files each step kept, listed under its
+output (``…/steps/{step}/artifacts/{name}``). Viewers get both, as the API allows.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 import panel as pn
@@ -42,6 +48,10 @@ LOG_CSS = """
 .stream { max-height: 260px; overflow: auto; background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 8px;
           padding: 10px 12px; }
 details { border-bottom: 1px solid #f1f5f9; padding: 6px 0; } summary { cursor: pointer; font-weight: 600; }
+.artifacts { font-size: 13px; margin-top: 4px; }
+.debug-link { display: inline-block; padding: 5px 12px; border: 1px solid #6366f1; border-radius: 6px;
+              color: #4338ca; font-weight: 600; text-decoration: none; margin-top: 8px; }
+.debug-link:hover { background: #eef2ff; }
 .facts { display: flex; flex-wrap: wrap; gap: 8px 26px; font-size: 13px; }
 .facts b { display: block; font-size: 11px; color: #64748b; text-transform: uppercase; letter-spacing: .04em;
            font-weight: 600; }
@@ -79,9 +89,36 @@ def stream_html(state: RunState) -> str:
     return "".join(parts)
 
 
+def run_api_url(run_id: str, *parts: str) -> str:
+    """The API address of a run (or of something under it), each part URL-quoted."""
+    from velocitymesh.server.app import API_PREFIX
+
+    return "/".join([f"{API_PREFIX}/runs", *(quote(p, safe="") for p in (run_id, *parts))])
+
+
+def artifacts_html(state: RunState, step_id: str, names: list[str]) -> str:
+    """Download links for the files a step kept."""
+    links = " · ".join(
+        f'<a href="{esc(run_api_url(state.run_id, "steps", step_id, "artifacts") + "/" + quote(name))}" '
+        f'download="{esc(name.rsplit("/", 1)[-1])}">{esc(name)}</a>'
+        for name in names
+    )
+    return f'<div class="artifacts">Files: {links}</div>'
+
+
+def debug_html(state: RunState) -> str:
+    """The *Debug as notebook* link of a run that failed on a step (anyone who can read the run)."""
+    if state.status != "failed" or not any(v.status == "failed" for v in state.steps.values()):
+        return ""
+    href = run_api_url(state.run_id, "debug-notebook")
+    return (f'<a class="debug-link" href="{esc(href)}" download>Debug as notebook</a> '
+            '<span class="muted">a notebook that loads the failed step\'s exact inputs and runs its code</span>')
+
+
 def outputs_html(state: RunState) -> str:
     parts = []
     for v in state.steps.values():
+        files = artifacts_html(state, v.id, v.artifacts) if v.artifacts else ""
         if v.error:
             message = v.error.get("message", "") if isinstance(v.error, dict) else str(v.error)
             hint = v.error.get("hint", "") if isinstance(v.error, dict) else ""
@@ -90,8 +127,11 @@ def outputs_html(state: RunState) -> str:
             body = f"<pre>{esc(preview(v.output))}</pre>"
         elif v.reason:
             body = f'<div class="muted">{esc(v.reason)}</div>'
-        else:
+        elif not files:
             continue
+        else:
+            body = ""
+        body += files
         parts.append(f'<details{" open" if v.error else ""}><summary>{esc(v.id)} {status_badge(v.status)}'
                      f"</summary>{body}</details>")
     return "".join(parts) or '<div class="muted">Outputs appear here as steps finish.</div>'
@@ -142,6 +182,7 @@ class RunPanel:
         self.compact = compact
         self.follower = RunFollower(ctx, self._redraw)
         self.facts = theme.html_pane("", stylesheets=[LOG_CSS])
+        self.debug = theme.html_pane("", stylesheets=[LOG_CSS], margin=(0, 0, 0, 0))
         self.graph = theme.html_pane("", margin=(8, 0))
         self.steps = theme.table(pd.DataFrame(columns=STEP_COLUMNS), html=["status"], height=None)
         self.logs = theme.html_pane("", stylesheets=[LOG_CSS])
@@ -174,6 +215,7 @@ class RunPanel:
             self._nodes = nodes_from_data(state.spec)
         if changed & {RUN, STEPS}:
             self.facts.object = facts_html(state)
+            self.debug.object = debug_html(state)
             self.graph.object = render_svg(self._nodes, state.statuses())
             self.steps.value = step_rows(state)
             self.outputs.object = outputs_html(state)
@@ -254,11 +296,12 @@ class RunPanel:
 
     # --- layouts -------------------------------------------------------------------------------
     def compact_view(self) -> pn.Column:
-        return theme.card(self.facts, self.actions, self.message, self.graph, self.link, title="Latest run")
+        return theme.card(self.facts, self.actions, self.debug, self.message, self.graph, self.link,
+                          title="Latest run")
 
     def full_view(self) -> pn.Column:
         left = pn.Column(
-            theme.card(self.facts, self.actions, self.message),
+            theme.card(self.facts, self.actions, self.debug, self.message),
             theme.card(self.graph, title="Graph"),
             theme.card(self.steps, title="Steps"),
             sizing_mode="stretch_width",
@@ -293,4 +336,5 @@ def run_page(ctx: PageContext) -> list[Any]:
     return [title, panel.full_view()]
 
 
-__all__ = ["RunPanel", "logs_html", "outputs_html", "run_page", "step_rows", "stream_html"]
+__all__ = ["RunPanel", "artifacts_html", "debug_html", "logs_html", "outputs_html", "run_api_url", "run_page",
+           "step_rows", "stream_html"]

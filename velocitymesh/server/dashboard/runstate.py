@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from velocitymesh.flows.recorder import artifact_names
 from velocitymesh.workspace.store import Run
 
 MAX_LOG_LINES = 400
@@ -36,6 +37,7 @@ class StepView:
     error: dict[str, Any] | None = None
     reason: str = ""
     started_at: datetime | None = None
+    artifacts: list[str] = field(default_factory=list)  # names of the files the step kept
 
 
 @dataclass
@@ -80,6 +82,7 @@ class RunState:
             view.output, view.error = rec.output, rec.error
             view.started_at = rec.started_at
             view.reason = str((rec.details or {}).get("reason", "")) if isinstance(rec.details, dict) else ""
+            view.artifacts = artifact_names(run.id, sid, rec.details)
             for line in rec.logs or []:
                 if isinstance(line, dict):
                     state.logs.append(LogLine(sid, str(line.get("level", "info")), str(line.get("message", ""))))
@@ -123,7 +126,9 @@ class RunState:
         if kind == "step":
             view.status = str(event.get("status") or view.status)
             if view.status == "running":
-                view.error, view.output = None, None
+                view.error, view.output, view.artifacts = None, None, []
+            if isinstance(event.get("artifacts"), list):
+                view.artifacts = [str(name) for name in event["artifacts"]]
             if "output" in event:
                 view.output = event["output"]
             if "error" in event:

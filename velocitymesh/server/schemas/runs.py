@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from velocitymesh.flows.recorder import artifact_names
 from velocitymesh.server.schemas.common import InModel, OutModel, Text, VersionNumber, WaitSeconds, WorkflowName
 from velocitymesh.workspace.store import Run, StepRun
 
@@ -49,10 +50,17 @@ class StepOut(OutModel):
     tokens: int = 0
     cache_hit: bool = False
     decision: dict[str, Any] | None = None
+    artifacts: list[str] = Field(
+        default_factory=list,
+        description="Files the step kept (e.g. a notebook step's executed notebook): "
+        "GET /runs/{run_id}/steps/{step_id}/artifacts/{name} downloads one.",
+    )
 
     @classmethod
-    def of(cls, s: StepRun) -> StepOut:
-        return cls.model_validate(s)
+    def of(cls, s: StepRun, run_id: str) -> StepOut:
+        out = cls.model_validate(s)
+        out.artifacts = artifact_names(run_id, s.step_id, s.details)
+        return out
 
 
 class RunOut(OutModel):
@@ -80,5 +88,5 @@ class RunOut(OutModel):
             error=r.error, cost_usd=r.cost_usd or 0.0, tokens=r.tokens or 0, created_at=r.created_at,
             started_at=r.started_at, finished_at=r.finished_at, parent_run_id=r.parent_run_id,
             resumed_from=r.resumed_from, prefect_flow_run_id=r.prefect_flow_run_id,
-            steps=[StepOut.of(s) for s in r.steps.values()],
+            steps=[StepOut.of(s, r.id) for s in r.steps.values()],
         )
