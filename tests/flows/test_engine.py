@@ -455,3 +455,43 @@ async def test_failed_step_keeps_its_rendered_input(engine: Engine) -> None:
     assert res.status == "failed"
     with store.session_scope(engine.sf) as s:
         assert store.get_run(s, res.run_id).steps["f"].input == {"name": "in-2", "fail_times": 9}
+
+
+@pytest.mark.parametrize("over", ["in-process bus", "redis"])
+async def test_a_run_is_cancelled_from_another_process(
+    settings: Any, over: str, request: pytest.FixtureRequest
+) -> None:
+    """Two engines on one store, each with its own bus connection — two server processes behind
+    one proxy. A cancel that reaches the one not executing the run is passed on over the bus."""
+    from velocitymesh.workspace.bus import InProcessBus, RedisBus
+
+    if over == "redis":
+        url = request.getfixturevalue("redis_url")
+        buses: list[Any] = [RedisBus(url), RedisBus(url)]
+    else:
+        shared = InProcessBus()
+        buses = [shared, shared]
+    here = Engine(settings, bus=buses[0])
+    there = Engine(settings, session_factory=here.sf, bus=buses[1])
+    try:
+        spec = wf([{"id": "long", "kind": "probe", "with": {"name": "long", "sleep": 30}},
+                   {"id": "after", "kind": "transform", "needs": ["long"], "with": {"value": 1}}])
+        run_id = await here.start(spec)
+        await asyncio.wait_for(here.control_ready(), 10)
+        assert not there.cancel(run_id)  # not executing there…
+        assert await there.request_cancel(run_id) is False  # …so it asks the others
+        res = await asyncio.wait_for(here.wait(run_id), 10)
+        assert res.status == "cancelled"
+        stored = there.result(run_id)
+        assert (stored.status, stored.steps["long"].status, stored.steps["after"].status) == (
+            "cancelled", "cancelled", "skipped")
+        # a request for a run nobody executes changes nothing
+        done = await here.run(wf([{"id": "quick", "kind": "transform", "with": {"value": 2}}]))
+        assert await there.request_cancel(done.run_id) is False
+        await asyncio.sleep(0.2)
+        assert here.result(done.run_id).status == "succeeded"
+    finally:
+        await here.aclose()
+        await there.aclose()
+        for bus in dict.fromkeys(buses):
+            await bus.close()

@@ -4,6 +4,7 @@ fixed version, approve and reject — on SQLite and on Postgres."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 from server_helpers import Team
@@ -178,6 +179,29 @@ async def test_cancel_waiting_and_running_runs(client: httpx.AsyncClient, team: 
     r = await client.post(f"/api/v1/runs/{running['id']}/cancel", headers=team.auth("editor"))
     assert r.status_code == 202
     assert r.json()["status"] == "cancelled"
+
+
+async def test_cancel_reaches_the_process_running_the_run(app: Any, client: httpx.AsyncClient, team: Team) -> None:
+    """The run executes in another server process (its own engine on the same store and bus):
+    the cancel is passed on over the bus and answered once the run is recorded cancelled."""
+    from velocitymesh.flows.engine import Engine
+    from velocitymesh.workspace.spec import Workflow
+    from velocitymesh.workspace.yamlio import load_data
+
+    services = app.state.services
+    await save(client, team, SLOW)
+    other = Engine(services.settings, session_factory=services.sf, bus=services.bus,
+                   workspace=services.workspace.name)
+    try:
+        run_id = await other.start(Workflow.model_validate(load_data(SLOW)))
+        await asyncio.wait_for(other.control_ready(), 10)
+        assert services.engine_for(services.workspace.name) is not other
+        r = await client.post(f"/api/v1/runs/{run_id}/cancel", headers=team.auth("editor"))
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] == "cancelled"
+        assert (await asyncio.wait_for(other.wait(run_id), 10)).status == "cancelled"
+    finally:
+        await other.aclose()
 
 
 async def test_prefect_engine_without_a_deployment(client: httpx.AsyncClient, team: Team) -> None:

@@ -59,6 +59,7 @@ EVENT_OUTPUT_LIMIT = 16_000
 # instead of one at its start, one per burst and one at its end; a slow step's change is in the
 # store within this time.
 RECORD_PACE = 0.05
+CONTROL_CHANNEL = "control:runs"  # cancel requests between the processes serving a workspace
 
 
 class PreconditionFailed(ConflictError):
@@ -157,6 +158,9 @@ class Engine:
         self._writer = BatchWriter(self.sf)
         # called with every run event published by this process (the CLI's live progress)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        # cancel requests from other processes (request_cancel): listened to while runs execute here
+        self._control: asyncio.Task[None] | None = None
+        self._control_ready: asyncio.Event | None = None
 
     # --- starting runs -----------------------------------------------------------
     async def start(
@@ -273,6 +277,48 @@ class Engine:
         execution.cancel()
         return True
 
+    async def request_cancel(self, run_id: str) -> bool:
+        """Cancel a run wherever it executes: here at once (True), else ask every process over
+        the bus (``control:runs``; Redis when several machines serve the workspace) — the one
+        executing it cancels it and records that as usual (False: the caller watches the record)."""
+        if self.cancel(run_id):
+            return True
+        await self.bus.publish(CONTROL_CHANNEL, {"type": "cancel", "run_id": run_id,
+                                                 "workspace_id": self.workspace.id})
+        return False
+
+    async def _listen_for_control(self) -> None:
+        """Act on cancel requests for the runs executing here, while this engine lives."""
+        ready = self._control_ready
+        while True:
+            try:
+                async with self.bus.subscribe(CONTROL_CHANNEL) as sub:
+                    if ready is not None:
+                        ready.set()
+                    async for _channel, event in sub:
+                        if event.get("type") == "cancel" and event.get("workspace_id") == self.workspace.id:
+                            run_id = str(event.get("run_id"))
+                            if self.cancel(run_id):
+                                log.info("run %s cancelled at the request of another process", run_id)
+                return  # the bus closed
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # Redis away: cancels from elsewhere wait until it answers again
+                log.warning("not listening for cancel requests (%s); retrying", e)
+                await asyncio.sleep(1.0)
+
+    async def control_ready(self) -> None:
+        """Wait until this engine hears cancel requests (tests; it starts with the first run)."""
+        self._start_control()
+        if self._control_ready is not None:
+            await self._control_ready.wait()
+
+    def _start_control(self) -> None:
+        if self._control is None or self._control.done():
+            self._control_ready = asyncio.Event()
+            self._control = asyncio.get_running_loop().create_task(self._listen_for_control(),
+                                                                    name="engine-control")
+
     async def resume(self, run_id: str, *, version: int | None = None) -> RunResult:
         """Re-run a failed/crashed/cancelled/waiting run, reusing every succeeded step's output."""
         with store.session_scope(self.sf) as s:
@@ -323,6 +369,11 @@ class Engine:
             if execution.task is not None:
                 with contextlib.suppress(BaseException):
                     await execution.task
+        control, self._control = self._control, None
+        if control is not None:
+            control.cancel()
+            with contextlib.suppress(BaseException):
+                await control
 
     # --- internals -------------------------------------------------------------------
     def _check(self, spec: Workflow, digest: str | None = None) -> None:
@@ -336,6 +387,7 @@ class Engine:
         self._validated.add(digest)
 
     def _launch(self, execution: _Execution) -> None:
+        self._start_control()
         self._active[execution.run_id] = execution
         execution.task = asyncio.get_running_loop().create_task(execution.run(), name=f"run:{execution.run_id}")
         execution.task.add_done_callback(lambda _t: self._active.pop(execution.run_id, None))

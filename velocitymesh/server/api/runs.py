@@ -51,6 +51,7 @@ DebugStep = Annotated[str | None, Query(pattern=STEP_ID_PATTERN,
                                         description="The step to debug; default the one the run failed on.")]
 RUNS_HINT = "GET /api/v1/runs lists the runs of your workspace"
 UNFINISHED = {"queued", "running"}
+CANCEL_WAIT = 5.0  # seconds a cancel of a run executing in another process waits for it to stop
 NOTEBOOK_TYPE = "application/x-ipynb+json"
 # types a browser would render or run in the page: served as plain bytes (they are downloads anyway)
 ACTIVE_TYPES = {"text/html", "image/svg+xml", "application/xhtml+xml", "text/xml", "application/xml",
@@ -144,11 +145,10 @@ async def cancel_run(run_id: RunIdPath, user: Editor, services: ServicesDep) -> 
         await wait_for_run(services, user, run.id, 10.0)
     elif run.engine == "prefect" and run.status in UNFINISHED | {"waiting"}:
         await integrations.cancel_prefect_run(services, run)
+    elif run.status == "running" or (run.status == "queued" and run.engine == "local"):
+        await _cancel_elsewhere(services, user, engine, run)
     elif run.status in ("queued", "waiting"):
         await asyncio.to_thread(_cancel_stored, services, run)
-    elif run.status == "running":
-        raise ConflictError(f"run {run.id} is running in another server process",
-                            hint="cancel it from the machine running it, or wait for it to be marked crashed")
     else:
         raise ConflictError(f"run {run.id} is {run.status} already; only unfinished runs can be cancelled")
     return await _load(services, user, run.id)
@@ -206,6 +206,28 @@ async def get_artifact(run_id: RunIdPath, step_id: ArtifactStepPath, name: Artif
         media_type = "application/octet-stream"
     return FileResponse(path, media_type=media_type, filename=path.name,
                         headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+
+async def _cancel_elsewhere(services: Services, user: AuthUser, engine: Any, run: store.Run) -> None:
+    """A run executing in another server process: ask over the bus, and watch its record for up to
+    CANCEL_WAIT seconds (asking again each second: the process may have only just started it). A
+    run still unfinished then is answered as it is (202: the cancel is on its way), never as a lie."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CANCEL_WAIT
+    while True:
+        if await engine.request_cancel(run.id):  # it came to this process meanwhile (a resume)
+            await wait_for_run(services, user, run.id, 10.0)
+            return
+        asked = loop.time()
+        while loop.time() - asked < 1.0:
+            await asyncio.sleep(0.1)
+            current = await asyncio.to_thread(scoped_run, services, user, run.id)
+            if current.status not in UNFINISHED:
+                return
+        if loop.time() >= deadline:
+            if current.status == "queued":  # nobody is executing it: no process will answer
+                await asyncio.to_thread(_cancel_stored, services, current)
+            return
 
 
 def _cancel_stored(services: Services, run: store.Run) -> None:
