@@ -218,6 +218,55 @@ async def _run_httpx(base_url: str, requests: Sequence[Request], *, connections:
     return _summary("python", connections, elapsed, latencies, errors)
 
 
+def run_users(base_url: str, requests: Sequence[Request], *, users: int, interval: float, duration: float,
+              timeout: float = 30.0, server_pgid: int | None = None) -> LoadResult:
+    """``users`` people, each sending a request every ``interval`` seconds (open loop, staggered starts):
+    the latency a team sees at a given offered load, unlike the closed loop above, where N busy
+    connections make latency ≈ N / throughput whatever the server does. Latency counts from
+    the moment each request was due, so a late send is not hidden (no coordinated omission)."""
+    cpu0 = group_cpu_seconds(server_pgid) if server_pgid else None
+    res = asyncio.run(_run_users(base_url, requests, users=users, interval=interval, duration=duration,
+                                 timeout=timeout))
+    if server_pgid and cpu0 is not None and res.requests:
+        res.server_cpu_ms = (group_cpu_seconds(server_pgid) - cpu0) / res.requests * 1000
+    return res
+
+
+async def _run_users(base_url: str, requests: Sequence[Request], *, users: int, interval: float, duration: float,
+                     timeout: float) -> LoadResult:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as http:
+        start = time.perf_counter()
+
+        async def user(n: int) -> None:
+            nonlocal errors
+            due = start + interval * n / users  # staggered, as people are
+            i = n
+            while due < start + duration:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                req = requests[i % len(requests)]
+                i += users
+                try:
+                    r = await http.request(req.method, req.path, headers=req.headers, content=req.body or None)
+                    await r.aread()
+                except httpx.HTTPError:
+                    errors += 1
+                else:
+                    if 200 <= r.status_code < 300:
+                        latencies.append(time.perf_counter() - due)
+                    else:
+                        errors += 1
+                due += interval
+
+        await asyncio.gather(*(user(n) for n in range(users)))
+        elapsed = time.perf_counter() - start
+    return _summary("python-paced", users, elapsed, latencies, errors)
+
+
 def _summary(client: str, connections: int, elapsed: float, latencies: list[float], errors: int) -> LoadResult:
     if not latencies:
         return LoadResult(client, connections, elapsed, 0, errors, 0.0, *(float("nan"),) * 4)

@@ -11,6 +11,11 @@ For each database (SQLite in a fresh VM_HOME, and Postgres when reachable on 127
     auth and no framework extras — `store.list_workflows` in a session; get the version, start
     the run on the same engine, wait, read the run back — and drive it the same way.
 
+Closed loop, N busy connections keep latency near N / throughput whatever the server does (100
+clients at 300 req/s wait ~330 ms each); so the GET is also driven as N users who each send one
+request per second (``--user-interval``, open loop, latency counted from when each request was due),
+the latency a team of N people sees.
+
 The per-token rate limit is raised far above what the load reaches (the limiter still counts
 every request). Targets (issue 5): GET p95 <= 50 ms at 100 clients, and <= 1.5x the bare route.
 
@@ -45,6 +50,7 @@ from _load import (  # bench scripts run as files, _load beside them
     fresh_postgres,
     postgres_reachable,
     run_load,
+    run_users,
     server_process,
 )
 
@@ -231,7 +237,18 @@ def bench_database(label: str, db_env: dict[str, str], args: argparse.Namespace,
                 out(f"  {label:<8} {which:<12} {name:<15} {res.rps:8.0f} req/s  p50 {res.p50_ms:6.1f}  "
                     f"p95 {res.p95_ms:6.1f}  p99 {res.p99_ms:6.1f} ms  server CPU {res.server_cpu_ms or 0:5.2f} "
                     f"ms/req  errors {res.errors}")
+            if args.user_interval > 0:  # the same GET as people send it: each client pauses between requests
+                name = paced_name(args)
+                res = run_users(base, reqs["GET /workflows"], users=args.clients, interval=args.user_interval,
+                                duration=args.duration, server_pgid=proc.pid)
+                results.setdefault(name, {})[which] = res
+                out(f"  {label:<8} {which:<12} {name} {res.rps:8.0f} req/s  p50 {res.p50_ms:6.1f}  "
+                    f"p95 {res.p95_ms:6.1f}  p99 {res.p99_ms:6.1f} ms  errors {res.errors}")
     return results
+
+
+def paced_name(args: argparse.Namespace) -> str:
+    return f"GET /workflows, {args.clients} users x 1 per {args.user_interval:g} s"
 
 
 def main() -> None:
@@ -240,6 +257,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per measurement (default 20)")
     ap.add_argument("--client", default="auto", choices=["auto", "wrk", "python"], help="load generator")
     ap.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    ap.add_argument("--user-interval", type=float, default=1.0,
+                    help="also drive the GET as N users each sending one request per this many seconds "
+                         "(open loop, Python client; 0: skip)")
     args = ap.parse_args()
 
     def out(line: str) -> None:
@@ -284,14 +304,18 @@ def main() -> None:
     gets = [summary[db]["GET /workflows"] for db in summary]
     p95_ok = all(g["velocitymesh"]["p95_ms"] <= TARGET_P95_MS for g in gets)
     ratio_ok = all(g["p95_ratio"] <= TARGET_RATIO for g in gets)
-    print(f"targets: GET p95 <= {TARGET_P95_MS:.0f} ms at {args.clients} clients: {'met' if p95_ok else 'MISSED'}; "
+    paced = [summary[db][paced_name(args)] for db in summary if paced_name(args) in summary[db]]
+    paced_ok = bool(paced) and all(g["velocitymesh"]["p95_ms"] <= TARGET_P95_MS for g in paced)
+    print(f"targets: GET p95 <= {TARGET_P95_MS:.0f} ms at {args.clients} busy clients: {'met' if p95_ok else 'MISSED'}"
+          f" (closed loop: latency ~ clients / throughput); with {args.clients} users pausing "
+          f"{args.user_interval:g} s: {'met' if paced_ok else 'MISSED' if paced else 'not measured'}; "
           f"GET p95 <= {TARGET_RATIO}x bare: {'met' if ratio_ok else 'MISSED'}")
     client = next(iter(next(iter(all_results.values())).values()))["velocitymesh"].client
     print(json.dumps({
         "bench": "api", "clients": args.clients, "duration_s": args.duration, "load_client": client,
         "cpus": os.cpu_count(), "results": summary,
         "targets": {"get_p95_ms": TARGET_P95_MS, "get_p95_ratio": TARGET_RATIO, "get_p95_met": p95_ok,
-                    "get_ratio_met": ratio_ok},
+                    "get_p95_paced_met": paced_ok if paced else None, "get_ratio_met": ratio_ok},
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "python": sys.version.split()[0],
     }))

@@ -74,6 +74,9 @@ def run_prefect(n: int) -> dict[str, float]:
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="vm-bench-prefect-"))
     os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # the temporary server migrates a fresh SQLite database first: on a busy 2-core machine that
+    # outlasts the default wait
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from prefect import flow, task
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 

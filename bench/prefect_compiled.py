@@ -16,7 +16,7 @@ The Prefect server is velocitymesh's local one (``prefect server start``, on Pos
 answers on 127.0.0.1:5432 — a scratch database, dropped afterwards — else SQLite), or
 ``PREFECT_API_URL`` when set. Prints a table and one JSON line.
 
-Usage: python bench/prefect.py [--steps 50] [--rounds 7] [--sqlite]
+Usage: python bench/prefect_compiled.py [--steps 50] [--rounds 7] [--sqlite]
 """
 
 from __future__ import annotations
@@ -33,10 +33,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-
-# This file is named like the package it measures: run as a script, its folder comes first on
-# sys.path and `import prefect` would find it. Take the folder off before anything imports prefect.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 PG_ADMIN = os.environ.get("VM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
