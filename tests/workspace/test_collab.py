@@ -604,6 +604,20 @@ async def test_presence_expires_without_heartbeats(local: World) -> None:
     await eventually(lambda: a.presence() == [], timeout=3)
 
 
+async def test_a_goodbye_said_just_before_closing_is_heard(world: World) -> None:
+    """clear_presence and then close at once (a notebook's workspace closing, a server stopping):
+    the others drop the person now, not after the presence TTL."""
+    a_hub = world.hub(presence_ttl=60)
+    a = await a_hub.open("demo")
+    b_hub = world.hub()
+    b = await b_hub.open("demo")
+    b.set_presence("bob", cursor=1)
+    await eventually(lambda: [p.user for p in a.presence()] == ["bob"])
+    b.clear_presence("bob")
+    await b_hub.close()
+    await eventually(lambda: a.presence() == [], timeout=5)
+
+
 async def test_save_version_only_when_the_draft_validates(world: World) -> None:
     hub = world.hub()
     doc = await hub.open("demo")

@@ -107,6 +107,7 @@ Status = Literal["live", "paused"]
 StatusCallback = Callable[[Status, str], None]
 
 REDIS_DOWN = "live sync paused: Redis unreachable — edits are saved and will sync when it returns"
+GOODBYE_WAIT = 2.0  # seconds close() gives pending "leave" announcements
 STORE_DOWN = (
     "saving paused: the database is unreachable — edits are kept in this process and saved when it returns"
 )
@@ -161,6 +162,7 @@ class CollabHub:
         self._sub: Subscription | None = None
         self._sub_marks = (0, 0)  # the subscription's (reconnects, dropped) when last checked
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._goodbyes: set[asyncio.Task[Any]] = set()  # "leave" announcements still being published
         self._outbox: list[_Outgoing] = []
         self._outbox_ready: asyncio.Event | None = None
         self._seq = 0
@@ -308,6 +310,8 @@ class CollabHub:
         """Store and publish what is pending, say goodbye, stop."""
         if self._closed:
             return
+        if self._goodbyes:  # "leave"s said just before closing go out, or others wait for the presence TTL
+            await asyncio.wait(list(self._goodbyes), timeout=GOODBYE_WAIT)
         for doc in list(self._docs.values()):
             doc._opens = 1
             await self._release(doc)
@@ -583,6 +587,12 @@ class CollabHub:
         with session_scope(self.sessions) as s:  # one transaction, one INSERT per draft
             for name, rows in by_draft.items():
                 append_collab_updates(s, self.workspace_id, name, rows)
+
+    def _say_goodbye(self, doc: LiveDocument, user: str) -> None:
+        task = self._spawn(self._publish(doc, {"kind": "leave", "user": user}))
+        if task is not None:
+            self._goodbyes.add(task)
+            task.add_done_callback(self._goodbyes.discard)
 
     def _announce(self, doc: LiveDocument, entry: Presence) -> None:
         self._spawn(self._publish(doc, self._presence_event(entry)))

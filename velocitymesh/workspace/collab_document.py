@@ -389,7 +389,7 @@ class LiveDocument:
         if self._presence.pop((peer, user), None) is not None:
             self._presence_changed()
             if self._hub is not None:
-                self._hub._spawn(self._hub._publish(self, {"kind": "leave", "user": user}))
+                self._hub._say_goodbye(self, user)
 
     def presence(self) -> list[Presence]:
         """Who has the draft open, and where, newest first (entries not heard of for the TTL dropped)."""
