@@ -302,9 +302,10 @@ class InProcessBus:
             elif sub.loop is not None and not sub.loop.is_closed():
                 sub.loop.call_soon_threadsafe(sub._end)
 
-    def subscription_count(self) -> int:
+    def subscription_count(self, channel: str | None = None) -> int:
+        """Open subscriptions (those that would receive ``channel``, when given)."""
         with self._lock:
-            return len(self._subscriptions)
+            return sum(1 for sub in self._subscriptions if channel is None or sub.matches(channel))
 
     def _add(self, sub: _LocalSubscription) -> None:
         if self._closed:
