@@ -5,13 +5,7 @@ hub playing the dashboard's editor, and a second process on Postgres and Redis."
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import Cells
+from live_helpers import CollabPeer, served_in_thread
 
 import velocitymesh as vm
 from velocitymesh.errors import ConfigurationError, NotFoundError, SpecError, UsageError
@@ -30,7 +25,6 @@ from velocitymesh.settings import Settings
 from velocitymesh.workspace import store
 from velocitymesh.workspace.collab import LiveDocument
 
-PEER = Path(__file__).parents[1] / "workspace" / "collab_peer.py"
 NOTEBOOK_USER = f"{_author()} (notebook)"
 
 
@@ -269,7 +263,6 @@ def test_closing_the_workspace_leaves_the_draft(ws: LocalWorkspace) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    import uvicorn
 
     from velocitymesh.server.app import create_app
 
@@ -279,19 +272,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     with services.session() as s:
         user = store.create_user(s, "notebook", None, services.workspace.id, "owner")
         token, _ = store.create_token(s, user.id, "notebook")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "the server did not start"
-    yield f"http://127.0.0.1:{port}", token
-    srv.should_exit = True
-    thread.join(15)
+    with served_in_thread(app) as url:
+        yield url, token
 
 
 def test_a_remote_workspace_says_how_to_go_live(server: tuple[str, str]) -> None:
@@ -311,52 +293,16 @@ def test_a_remote_workspace_says_how_to_go_live(server: tuple[str, str]) -> None
 # --- a notebook and another process, over Postgres and Redis ---------------------------------------------
 
 
-class Peer:
-    """tests/workspace/collab_peer.py: a CollabHub in its own process, driven by JSON lines."""
-
-    def __init__(self, database_url: str, redis_url: str, home: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VM_")}
-        self.proc = subprocess.Popen([sys.executable, str(PEER), database_url, redis_url, str(home)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        assert self.read().get("ready")
-
-    def send(self, **cmd: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-
-    def read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, f"the peer exited with {self.proc.poll()}"
-        reply: dict[str, Any] = json.loads(line)
-        assert "error" not in reply, reply["error"]
-        return reply
-
-    def ask(self, **cmd: Any) -> dict[str, Any]:
-        self.send(**cmd)
-        return self.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send(op="quit")
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.mark.postgres
 @pytest.mark.redis
 @pytest.mark.timeout(180)
 def test_a_notebook_and_another_process_edit_together(pg_url: str, redis_url: str, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "notebook", env="test", database_url=pg_url, redis_url=redis_url)
     ws = LocalWorkspace(settings)
-    peer: Peer | None = None
+    peer: CollabPeer | None = None
     try:
         seed(ws)
-        peer = Peer(pg_url, redis_url, tmp_path / "peer")
+        peer = CollabPeer(pg_url, redis_url, tmp_path / "peer")
         assert "value: 1\n" in peer.ask(op="open")["text"]
         wf = ws.load("demo", live=True)
         assert wf.live_status == ""  # Redis set and reachable: live across processes

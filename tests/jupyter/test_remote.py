@@ -3,14 +3,12 @@ thread), with an API token made through the store: the same calls as the local w
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from live_helpers import served_in_thread
 
 import velocitymesh as vm
 from velocitymesh.errors import ConfigurationError, NotFoundError
@@ -22,7 +20,6 @@ from velocitymesh.workspace import store
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    import uvicorn
 
     from velocitymesh.server.app import create_app
 
@@ -33,19 +30,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     with services.session() as s:
         user = store.create_user(s, "notebook", None, services.workspace.id, "owner")
         token, _ = store.create_token(s, user.id, "notebook")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "the server did not start"
-    yield f"http://127.0.0.1:{port}", token
-    srv.should_exit = True
-    thread.join(15)
+    with served_in_thread(app) as url:
+        yield url, token
 
 
 def test_same_interface_as_the_local_workspace(server: tuple[str, str]) -> None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from live_helpers import TcpProxy, port_of
 
 from velocitymesh.server.auth import AuthUser
 from velocitymesh.server.dashboard.collab import merge_edits, merge_texts, presence_html, row_column_to_index
@@ -349,7 +350,7 @@ async def test_live_sync_paused_is_shown(tmp_path: Path) -> None:
 
 @pytest.mark.redis
 async def test_the_notice_follows_the_hub_pausing_and_resuming(tmp_path: Path, redis_url: str) -> None:
-    proxy = RedisProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    proxy = TcpProxy(port_of(redis_url))
     await proxy.start()
     settings = Settings(home=tmp_path / "vmhome", env="test", redis_url=f"redis://127.0.0.1:{proxy.port}/0")
     services = Services.build(settings)
@@ -368,51 +369,6 @@ async def test_the_notice_follows_the_hub_pausing_and_resuming(tmp_path: Path, r
     finally:
         await services.aclose()
         await proxy.cut()
-
-
-class RedisProxy:
-    """A TCP proxy in front of Redis that can be cut and restored, as a network would."""
-
-    def __init__(self, target_port: int) -> None:
-        import socket
-
-        self.target_port = target_port
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.server: asyncio.Server | None = None
-        self.links: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port, reuse_address=True)
-
-    async def cut(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        for writer in list(self.links):
-            writer.transport.abort()
-        self.links.clear()
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.links.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, ConnectionError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
 async def test_the_served_page_loads_ace_from_the_server(settings: Settings) -> None:

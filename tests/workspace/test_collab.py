@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from live_helpers import TcpProxy, free_port, port_of
 from sqlalchemy.orm import Session, sessionmaker
 
 from velocitymesh.errors import NotFoundError, UsageError
@@ -669,52 +669,6 @@ async def test_edits_from_another_thread_are_refused(local: World) -> None:
 # --- Redis going away ---------------------------------------------------------------------------------
 
 
-class Proxy:
-    """A TCP proxy in front of Redis that can be cut and restored, as a network would."""
-
-    def __init__(self, target_port: int, port: int) -> None:
-        self.target_port, self.port = target_port, port
-        self.server: asyncio.Server | None = None
-        self.links: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port, reuse_address=True)
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in list(self.links):
-            writer.transport.abort()
-        self.links.clear()
-        self.server = None
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.links.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, ConnectionError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def until(condition: Callable[[], Awaitable[bool] | bool], timeout: float = 15.0) -> None:
     await eventually(condition, timeout=timeout, interval=0.05)
 
@@ -722,7 +676,7 @@ async def until(condition: Callable[[], Awaitable[bool] | bool], timeout: float 
 @pytest.mark.redis
 async def test_redis_going_away_pauses_live_sync_and_it_recovers(local: World, redis_url: str) -> None:
     port = free_port()
-    proxy = Proxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), port)
+    proxy = TcpProxy(port_of(redis_url), port)
     await proxy.start()
     a_bus = RedisBus(f"redis://127.0.0.1:{port}/0", connect_timeout=0.5)
     b_bus = RedisBus(redis_url)
@@ -773,7 +727,7 @@ async def test_redis_unreachable_at_open_then_arriving(local: World, redis_url: 
         other = await local.hub(other_bus).open("demo")
         assert "# offline edit" in other.text  # it was stored
 
-        proxy = Proxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), port)
+        proxy = TcpProxy(port_of(redis_url), port)
         await proxy.start()
         try:
             await until(lambda: hub.status == "live")

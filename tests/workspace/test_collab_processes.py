@@ -4,15 +4,11 @@ had stored. Each process is ``collab_peer.py``, driven over stdin/stdout."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from live_helpers import CollabPeer
 
 from velocitymesh.workspace.store import (
     get_or_create_workspace,
@@ -27,7 +23,6 @@ from velocitymesh.workspace.yamlio import load_workflow_text
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
-PEER = Path(__file__).with_name("collab_peer.py")
 DEMO = """\
 name: demo
 description: edited by two processes
@@ -40,43 +35,6 @@ steps:
     needs: [fetch]
     with: {value: 2}
 """
-
-
-class Peer:
-    def __init__(self, database_url: str, redis_url: str, home: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VM_")}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(PEER), database_url, redis_url, str(home)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-        )
-        hello = self.read()
-        assert hello.get("ready"), hello
-
-    def send(self, **cmd: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-
-    def read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, f"the peer exited with {self.proc.poll()}"
-        reply: dict[str, Any] = json.loads(line)
-        assert "error" not in reply, reply["error"]
-        return reply
-
-    def ask(self, **cmd: Any) -> dict[str, Any]:
-        self.send(**cmd)
-        return self.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send(op="quit")
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
@@ -93,10 +51,10 @@ def database(pg_url: str) -> Iterator[str]:
 
 @pytest.mark.timeout(120)
 def test_two_processes_edit_one_workflow(database: str, redis_url: str, tmp_path: Path) -> None:
-    peers: list[Peer] = []
+    peers: list[CollabPeer] = []
 
-    def start(n: int) -> Peer:
-        peer = Peer(database, redis_url, tmp_path / f"home{n}")
+    def start(n: int) -> CollabPeer:
+        peer = CollabPeer(database, redis_url, tmp_path / f"home{n}")
         peers.append(peer)
         return peer
 
