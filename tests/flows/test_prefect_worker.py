@@ -85,6 +85,35 @@ def stored_run(run_id: str) -> Any:
         return store.get_run(s, run_id)
 
 
+def run_until_slow_step(settings: Any, hit_server: HitServer, prefix: str,
+                        after: list[dict[str, Any]] | None = None) -> tuple[Any, str]:
+    """Deploy and trigger a workflow whose step `first` answers and whose step `slow` hangs (then
+    the steps ``after``); return (flow run id, run id) once `slow` is running on a worker."""
+    from velocitymesh.flows import prefect_deploy
+    from velocitymesh.flows.prefect import run_id_for
+
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    save({"name": name, "steps": [
+        {"id": "first", "kind": "http", "with": {"url": hit_server.url + "/hit/first-{{ run.id }}"}},
+        {"id": "slow", "kind": "http", "needs": ["first"], "timeout": 200,
+         "with": {"url": hit_server.url + "/hang/{{ run.id }}", "timeout": 150}},
+        *(after or []),
+    ]})
+    d = asyncio.run(prefect_deploy.deploy(settings, name))
+    flow_run_id = asyncio.run(prefect_deploy.trigger(settings, d))
+    run_id = run_id_for(flow_run_id)
+
+    def slow_is_running() -> bool:
+        try:
+            run = stored_run(run_id)
+        except Exception:
+            return False
+        return run.steps.get("slow") is not None and run.steps["slow"].status == "running"
+
+    wait_until(slow_is_running, 240, what="step `slow` to be running on the worker")
+    return flow_run_id, run_id
+
+
 def test_triggered_run_is_executed_by_the_worker(on_pool: Any, worker_pair: Pair, hit_server: HitServer) -> None:
     """`velocitymesh run NAME --engine prefect` hands a deployed workflow to a worker. The workers
     started before the deployment existed (picked up without a restart), and a version saved after
@@ -192,28 +221,8 @@ def test_a_run_cancelled_in_prefect_is_recorded_cancelled(
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelling
 
-    from velocitymesh.flows import prefect_deploy
-    from velocitymesh.flows.prefect import run_id_for
-
     settings = on_pool(worker_pair.pool)
-    name = f"cancelled-{uuid.uuid4().hex[:6]}"
-    save({"name": name, "steps": [
-        {"id": "first", "kind": "http", "with": {"url": hit_server.url + "/hit/first-{{ run.id }}"}},
-        {"id": "slow", "kind": "http", "needs": ["first"], "timeout": 200,
-         "with": {"url": hit_server.url + "/hang/{{ run.id }}", "timeout": 150}},
-    ]})
-    d = asyncio.run(prefect_deploy.deploy(settings, name))
-    flow_run_id = asyncio.run(prefect_deploy.trigger(settings, d))
-    run_id = run_id_for(flow_run_id)
-
-    def slow_is_running() -> bool:
-        try:
-            run = stored_run(run_id)
-        except Exception:
-            return False
-        return run.steps.get("slow") is not None and run.steps["slow"].status == "running"
-
-    wait_until(slow_is_running, 240, what="step `slow` to be running on the worker")
+    flow_run_id, run_id = run_until_slow_step(settings, hit_server, "cancelled")
 
     async def cancel() -> None:
         async with get_client() as client:
@@ -243,31 +252,13 @@ def test_killed_worker_leaves_the_run_crashed_and_resume_finishes_it(
     `resume` finishes it without calling the step that had succeeded again."""
     from prefect.client.orchestration import get_client
 
-    from velocitymesh.flows import prefect_deploy
     from velocitymesh.flows.engine import Engine
-    from velocitymesh.flows.prefect import run_id_for
 
     settings = on_pool(worker_pair.pool)
-    name = f"crashy-{uuid.uuid4().hex[:6]}"
-    save({"name": name, "steps": [
-        {"id": "first", "kind": "http", "with": {"url": hit_server.url + "/hit/first-{{ run.id }}"}},
-        {"id": "slow", "kind": "http", "needs": ["first"], "timeout": 200,
-         "with": {"url": hit_server.url + "/hang/{{ run.id }}", "timeout": 150}},
+    flow_run_id, run_id = run_until_slow_step(settings, hit_server, "crashy", after=[
         {"id": "last", "kind": "transform", "needs": ["first", "slow"],
          "with": {"value": "{{ steps.first.output.json.n }}+{{ steps.slow.output.json.n }}"}},
-    ]})
-    d = asyncio.run(prefect_deploy.deploy(settings, name))
-    flow_run_id = asyncio.run(prefect_deploy.trigger(settings, d))
-    run_id = run_id_for(flow_run_id)
-
-    def slow_is_running() -> bool:
-        try:
-            run = stored_run(run_id)
-        except Exception:
-            return False
-        return run.steps.get("slow") is not None and run.steps["slow"].status == "running"
-
-    wait_until(slow_is_running, 240, what="step `slow` to be running on the worker")
+    ])
     assert hit_server.count("/hang/") == {f"/hang/{run_id}": 1}
 
     async def read_flow_run() -> Any:

@@ -65,3 +65,22 @@ def cells() -> Iterator[Cells]:
     c("import velocitymesh as vm")
     yield c
     c.shell.reset()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A real VelocityMesh server (uvicorn in a thread) and an owner's API token, for remote workspaces."""
+    from live_helpers import served_in_thread
+
+    from velocitymesh.server.app import create_app
+    from velocitymesh.workspace import store
+
+    settings = Settings(home=Path(tmp_path_factory.mktemp("server")) / "vmhome", env="test",
+                        python_isolation="process")
+    app = create_app(settings)
+    services = app.state.services
+    with services.session() as s:
+        user = store.create_user(s, "notebook", None, services.workspace.id, "owner")
+        token, _ = store.create_token(s, user.id, "notebook")
+    with served_in_thread(app) as url:
+        yield url, token

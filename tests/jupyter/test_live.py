@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import Cells
-from live_helpers import CollabPeer, served_in_thread
+from live_helpers import CollabPeer
 
 import velocitymesh as vm
 from velocitymesh.errors import ConfigurationError, NotFoundError, SpecError, UsageError
@@ -22,7 +22,6 @@ from velocitymesh.jupyter.live import merge3
 from velocitymesh.jupyter.remote import RemoteWorkspace
 from velocitymesh.jupyter.workspace import LocalWorkspace, _author
 from velocitymesh.settings import Settings
-from velocitymesh.workspace import store
 from velocitymesh.workspace.collab import LiveDocument
 
 NOTEBOOK_USER = f"{_author()} (notebook)"
@@ -259,21 +258,6 @@ def test_closing_the_workspace_leaves_the_draft(ws: LocalWorkspace) -> None:
 
 
 # --- a remote workspace cannot join ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-
-    from velocitymesh.server.app import create_app
-
-    settings = Settings(home=Path(tmp_path_factory.mktemp("server")) / "vmhome", env="test")
-    app = create_app(settings)
-    services = app.state.services
-    with services.session() as s:
-        user = store.create_user(s, "notebook", None, services.workspace.id, "owner")
-        token, _ = store.create_token(s, user.id, "notebook")
-    with served_in_thread(app) as url:
-        yield url, token
 
 
 def test_a_remote_workspace_says_how_to_go_live(server: tuple[str, str]) -> None:

@@ -3,35 +3,14 @@ thread), with an API token made through the store: the same calls as the local w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import served_in_thread
 
 import velocitymesh as vm
 from velocitymesh.errors import ConfigurationError, NotFoundError
 from velocitymesh.jupyter import widgets
 from velocitymesh.jupyter.remote import RemoteWorkspace
-from velocitymesh.settings import Settings
-from velocitymesh.workspace import store
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-
-    from velocitymesh.server.app import create_app
-
-    settings = Settings(home=Path(tmp_path_factory.mktemp("server")) / "vmhome", env="test",
-                        python_isolation="process")
-    app = create_app(settings)
-    services = app.state.services
-    with services.session() as s:
-        user = store.create_user(s, "notebook", None, services.workspace.id, "owner")
-        token, _ = store.create_token(s, user.id, "notebook")
-    with served_in_thread(app) as url:
-        yield url, token
 
 
 def test_same_interface_as_the_local_workspace(server: tuple[str, str]) -> None:
